@@ -1,0 +1,5 @@
+"""``python -m fedmsg_notify`` runs the command line."""
+
+from fedmsg_notify.cli import main
+
+raise SystemExit(main())

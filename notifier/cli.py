@@ -1,0 +1,212 @@
+"""The ``fedmsg-notify`` command line.
+
+Exit codes: 0 success, 1 invalid input or failure, 2 usage error (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from fedmsg_notify import __version__
+from fedmsg_notify.config import Config, find_config_file, load_config
+from fedmsg_notify.yaml_positions import ProblemsError
+
+log = logging.getLogger("fedmsg_notify")
+
+
+def default_config_text() -> str:
+    return resources.files("fedmsg_notify.data").joinpath("default-config.yaml").read_text(encoding="utf-8")
+
+
+def load_cli_config(explicit: str | None) -> Config:
+    """The config named on the command line or found in the usual places, else embedded defaults."""
+    path = find_config_file(explicit)
+    if path is None:
+        log.info("no configuration file found; using embedded defaults")
+        return load_config("<embedded defaults>", default_config_text())
+    if not path.exists():
+        raise ProblemsError([_missing(path)])
+    return load_config(path)
+
+
+def _missing(path: Path) -> object:
+    from fedmsg_notify.yaml_positions import Position, Problem
+
+    return Problem(Position(str(path), 1, 1), "configuration file does not exist")
+
+
+def _print_problems(exc: ProblemsError) -> int:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedmsg_notify.daemon import Daemon
+
+    config = load_cli_config(args.config)
+    daemon = Daemon(config)
+    asyncio.run(daemon.run())
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from fedmsg_notify.bus import Publisher
+
+    if args.msg is not None and args.msg != "-":
+        payloads = [args.msg]
+    else:
+        payloads = [line for line in sys.stdin if line.strip()]
+    msgs = []
+    for number, text in enumerate(payloads, 1):
+        try:
+            msgs.append(json.loads(text))
+        except ValueError as exc:
+            where = "--msg" if args.msg not in (None, "-") else f"<stdin>:{number}"
+            print(f"{where}: invalid JSON: {exc}", file=sys.stderr)
+            return 1
+    publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=args.wait)
+    try:
+        for msg in msgs:
+            envelope = publisher.publish(args.topic, msg)
+            if args.verbose:
+                print(envelope["msg_id"])
+    finally:
+        publisher.close()
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from fedmsg_notify.bus import Subscriber
+
+    if args.endpoint:
+        endpoints: Sequence[str] = args.endpoint
+        prefixes: Sequence[str] = ("",)
+    else:
+        config = load_cli_config(args.config)
+        endpoints, prefixes = config.endpoints, config.subscribe
+    globs = args.topic or ["*"]
+
+    async def tail() -> None:
+        subscriber = Subscriber(endpoints, prefixes)
+        try:
+            async for message in subscriber.messages():
+                if not any(fnmatch.fnmatchcase(message.topic, g) for g in globs):
+                    continue
+                if args.json:
+                    print(json.dumps(message.envelope, sort_keys=True), flush=True)
+                else:
+                    from fedmsg_notify.meta import compute_meta
+
+                    meta = compute_meta(message)
+                    link = f" {meta.link}" if meta.link else ""
+                    print(f"{message.topic} {meta.subtitle}{link}", flush=True)
+        finally:
+            subscriber.close()
+
+    try:
+        asyncio.run(tail())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fedmsg_notify.check import run_check
+
+    return run_check(args)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from fedmsg_notify.explain import run_explain
+
+    return run_explain(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fedmsg_notify.status import run_status
+
+    return run_status(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fedmsg_notify.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmsg-notify", description="Notification fan-out daemon for fedmsg buses.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", metavar="FILE", help="configuration file (default: $FEDMSG_NOTIFY_CONFIG, "
+                       "/etc/fedmsg-notify/config.yaml, ~/.config/fedmsg-notify/config.yaml, embedded defaults)")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    config_opt(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate config, rules and templates")
+    config_opt(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("explain", help="dry run: which rules match a message and what each destination gets")
+    config_opt(p)
+    p.add_argument("message", metavar="MESSAGE.json|-", help="a message file, or - for JSON lines on stdin")
+    p.add_argument("--json", action="store_true", help="one JSON object per message")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("tail", help="print messages from the bus")
+    config_opt(p)
+    p.add_argument("--endpoint", action="append", metavar="URL", help="endpoint to connect to (repeatable)")
+    p.add_argument("--topic", action="append", metavar="GLOB", help="only topics matching this glob (repeatable)")
+    p.add_argument("--json", action="store_true", help="print each envelope as JSON")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("publish", help="publish fedmsg-compatible messages (the fedmsg-logger job)")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:9940", metavar="URL", help="endpoint to bind (default %(default)s)")
+    p.add_argument("--connect", action="store_true", help="connect to a relay's inbound endpoint instead of binding")
+    p.add_argument("--topic", required=True, help="full topic, e.g. org.fedoraproject.dev.logger.log")
+    p.add_argument("--msg", metavar="JSON", help="the message body; omit or '-' to read JSON lines from stdin")
+    p.add_argument("--username", default="fedmsg-notify", help="envelope username (default %(default)s)")
+    p.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
+                   help="how long to wait for subscribers before sending (default %(default)s)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("status", help="queues, digests, last deliveries and failures per destination")
+    config_opt(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="run the daemon end to end on embedded defaults with a local publisher")
+    p.add_argument("--count", type=int, default=0, metavar="N", help="messages to replay (default: every sample)")
+    p.add_argument("--rate", type=float, default=20.0, metavar="PER_SECOND", help="replay pace (default %(default)s)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ProblemsError as exc:
+        return _print_problems(exc)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,187 @@
+"""The daemon's YAML configuration: strict validation with ``file:line:col`` errors.
+
+Sketch (see SPEC "Configuration")::
+
+    bus: {endpoints: [tcp://127.0.0.1:9940], subscribe: [org.fedoraproject.]}
+    accounts: {mail: {backend: email, smtp: "smtp://localhost:25", from: "..."}}
+    rules: [/etc/fedmsg-notify/rules.d]
+    templates: [/etc/fedmsg-notify/templates]
+    state: /var/lib/fedmsg-notify/state.db
+
+Unknown keys are errors; each account is validated by its backend's own model, so a
+misspelled option of one backend is reported where it is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from fedmsg_notify.backend import AccountOptions, Backend
+from fedmsg_notify.backends import backend_class, backend_names
+from fedmsg_notify.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
+from fedmsg_notify.validation import StrictModel, did_you_mean, validate
+from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
+
+SYSTEM_CONFIG = Path("/etc/fedmsg-notify/config.yaml")
+USER_CONFIG = Path("~/.config/fedmsg-notify/config.yaml")
+ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+
+
+def shipped_rules_dir() -> Path:
+    return Path(str(resources.files("fedmsg_notify.example_rules")))
+
+
+def shipped_templates_dir() -> Path:
+    return Path(str(resources.files("fedmsg_notify.templates")))
+
+
+def default_state_path() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/fedmsg-notify/state.db")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "fedmsg-notify" / "state.db"
+
+
+class BusSection(StrictModel):
+    endpoints: list[str] = Field(default_factory=list)
+    fedmsg_config: str | None = None
+    subscribe: list[str] = Field(default_factory=lambda: [""])
+    # Larger messages are counted as malformed and dropped before JSON parsing.
+    max_message_bytes: int = Field(default=1_000_000, ge=1024)
+    # ZeroMQ receive high-water mark: messages buffered while the daemon is busy.
+    receive_queue: int = Field(default=100_000, ge=1)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not ENDPOINT_RE.match(url):
+                raise ValueError(f"endpoint {url!r} is not a ZeroMQ address like tcp://host:port")
+        return value
+
+
+class ConfigFile(StrictModel):
+    bus: BusSection = Field(default_factory=BusSection)
+    accounts: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    rules: list[str] | None = None
+    templates: list[str] = Field(default_factory=list)
+    # Directories of per-service metadata files that add to or override the shipped ones.
+    services: list[str] = Field(default_factory=list)
+    state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    backend: type[Backend]
+    options: AccountOptions
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A fully validated configuration with paths resolved."""
+
+    source: str
+    endpoints: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    max_message_bytes: int
+    receive_queue: int
+    accounts: dict[str, Account]
+    rule_paths: tuple[Path, ...]
+    template_paths: tuple[Path, ...]
+    service_paths: tuple[Path, ...]
+    state_path: Path
+    fedmsg: dict[str, Any] = field(default_factory=dict)
+
+
+def find_config_file(explicit: str | None) -> Path | None:
+    """``-c FILE``, else ``$FEDMSG_NOTIFY_CONFIG``, else the system file, else the user's."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("FEDMSG_NOTIFY_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in (SYSTEM_CONFIG, USER_CONFIG.expanduser()):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path)
+
+
+def load_config(path: str | Path, text: str | None = None) -> Config:
+    """Load and validate one configuration file; raise :class:`ProblemsError` with every problem."""
+    doc = load_located(path, text)
+    return config_from_document(doc)
+
+
+def config_from_document(doc: LocatedDocument) -> Config:
+    data = {} if doc.data is None else doc.data
+    parsed, problems = validate(ConfigFile, data, doc)
+    if parsed is None:
+        raise ProblemsError(problems)
+    base = Path(doc.file).resolve().parent
+    accounts = _accounts(parsed.accounts, doc, problems)
+
+    endpoints = list(parsed.bus.endpoints)
+    fedmsg: dict[str, Any] = {}
+    if parsed.bus.fedmsg_config:
+        try:
+            fedmsg = load_fedmsg_config(_resolve(base, parsed.bus.fedmsg_config))
+            endpoints += [url for url in endpoints_from(fedmsg) if url not in endpoints]
+        except FedmsgConfigError as exc:
+            problems.append(Problem(doc.where(("bus", "fedmsg_config")), str(exc)))
+    if problems:
+        raise ProblemsError(problems)
+    rules = parsed.rules if parsed.rules is not None else [str(shipped_rules_dir())]
+    return Config(
+        source=doc.file,
+        endpoints=tuple(endpoints),
+        subscribe=tuple(parsed.bus.subscribe),
+        max_message_bytes=parsed.bus.max_message_bytes,
+        receive_queue=parsed.bus.receive_queue,
+        accounts=accounts,
+        rule_paths=tuple(_resolve(base, p) for p in rules),
+        template_paths=tuple(_resolve(base, p) for p in parsed.templates),
+        service_paths=tuple(_resolve(base, p) for p in parsed.services),
+        state_path=_resolve(base, parsed.state) if parsed.state else default_state_path(),
+        fedmsg=fedmsg,
+    )
+
+
+def _accounts(raw: dict[str, dict[str, Any]], doc: LocatedDocument, problems: list[Problem]) -> dict[str, Account]:
+    accounts: dict[str, Account] = {}
+    known = backend_names()
+    for name, options in raw.items():
+        where = ("accounts", name)
+        backend_name = options.get("backend")
+        if not isinstance(backend_name, str):
+            problems.append(Problem(doc.where(where), f"account '{name}' needs 'backend: <one of {', '.join(known)}>'"))
+            continue
+        try:
+            backend = backend_class(backend_name)
+        except KeyError:
+            problems.append(
+                Problem(
+                    doc.where((*where, "backend")),
+                    f"unknown backend '{backend_name}' for account '{name}' "
+                    f"(expected one of: {', '.join(known)}){did_you_mean(backend_name, known)}",
+                )
+            )
+            continue
+        parsed, found = validate(backend.Account, options, doc, where)
+        problems.extend(found)
+        if parsed is not None:
+            accounts[name] = Account(name=name, backend=backend, options=parsed, position=doc.where(where, key=True))
+    return accounts

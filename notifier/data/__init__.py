@@ -1,0 +1,1 @@
+"""Bundled data: sample messages, embedded default configuration."""

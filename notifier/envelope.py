@@ -1,0 +1,157 @@
+"""fedmsg envelopes: building them exactly as fedmsg does, and decoding them safely.
+
+On the wire a fedmsg message is a two-frame ZeroMQ multipart ``[topic, body]``;
+the body is the JSON envelope ``{"topic", "msg", "timestamp", "msg_id", "i",
+"username", ...}`` serialised canonically (sorted keys, compact separators,
+ASCII escapes) — the same bytes fedmsg signs, so ours must match byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+# Environments fedmsg deployments use; the topic part after the prefix.
+KNOWN_ENVS = frozenset({"prod", "stg", "dev", "test", "local"})
+REQUIRED_FIELDS = ("topic", "msg", "timestamp")
+DEFAULT_MAX_BYTES = 1_000_000
+
+
+class MalformedMessage(ValueError):
+    """A frame set that is not a valid fedmsg message; ``reason`` is a short category."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def canonical_json(obj: Any) -> str:
+    """Serialise like ``fedmsg.encoding.dumps``: sorted keys, no spaces, ASCII escapes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def new_msg_id(now: float | None = None) -> str:
+    """fedmsg's ``msg_id``: ``"<year>-<uuid4>"``."""
+    year = time.gmtime(time.time() if now is None else now).tm_year
+    return f"{year}-{uuid.uuid4()}"
+
+
+def build_envelope(
+    topic: str,
+    msg: Any,
+    *,
+    i: int,
+    username: str,
+    timestamp: float | None = None,
+    msg_id: str | None = None,
+) -> dict[str, Any]:
+    """The envelope ``fedmsg.publish`` would send (before any signature is added)."""
+    now = time.time() if timestamp is None else timestamp
+    return {
+        "i": i,
+        "msg": msg,
+        "msg_id": msg_id or new_msg_id(now),
+        "timestamp": int(now),
+        "topic": topic,
+        "username": username,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class TopicParts:
+    """``<prefix>.<env>.<service>.<rest>``; ``subtopic`` is everything after ``env``."""
+
+    prefix: str
+    env: str
+    service: str
+    subtopic: str
+
+
+def split_topic(topic: str) -> TopicParts:
+    parts = topic.split(".")
+    index = next((n for n, part in enumerate(parts) if part in KNOWN_ENVS), None)
+    if index is None:
+        # Unknown environment name: assume fedmsg's usual two-part prefix (org.fedoraproject).
+        index = 2 if len(parts) > 3 else min(1, len(parts) - 1)
+    prefix = ".".join(parts[:index])
+    env = parts[index] if index < len(parts) else ""
+    rest = parts[index + 1 :]
+    service = rest[0] if rest else ""
+    return TopicParts(prefix=prefix, env=env, service=service, subtopic=".".join(rest))
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded, checked envelope plus the topic's parts. Metadata is attached later."""
+
+    topic: str
+    envelope: dict[str, Any]
+    parts: TopicParts
+    msg_id: str
+    received: float = field(default_factory=time.time)
+    verified: bool | None = None
+
+    @property
+    def body(self) -> Any:
+        return self.envelope.get("msg")
+
+    @property
+    def service(self) -> str:
+        return self.parts.service
+
+    @property
+    def env(self) -> str:
+        return self.parts.env
+
+    @property
+    def timestamp(self) -> float:
+        value = self.envelope.get("timestamp")
+        return float(value) if isinstance(value, (int, float)) else self.received
+
+    @classmethod
+    def from_envelope(cls, envelope: Any, *, frame_topic: str | None = None) -> Message:
+        """Check an already-parsed envelope; raise :class:`MalformedMessage` if it is not one."""
+        if not isinstance(envelope, dict):
+            raise MalformedMessage("not-an-object", f"body is JSON {type(envelope).__name__}, expected an object")
+        missing = [name for name in REQUIRED_FIELDS if name not in envelope]
+        if missing:
+            raise MalformedMessage("missing-fields", f"envelope lacks {', '.join(missing)}")
+        topic = envelope["topic"]
+        if not isinstance(topic, str) or not topic:
+            raise MalformedMessage("bad-topic", "envelope topic is not a non-empty string")
+        if frame_topic is not None and frame_topic != topic:
+            raise MalformedMessage("topic-mismatch", f"frame topic {frame_topic!r} != envelope topic {topic!r}")
+        if not isinstance(envelope["timestamp"], (int, float)) or isinstance(envelope["timestamp"], bool):
+            raise MalformedMessage("bad-timestamp", "timestamp is not a number")
+        msg_id = envelope.get("msg_id")
+        if msg_id is None:
+            # Messages from before fedmsg added msg_id: derive a stable id for dedup.
+            msg_id = "sha1-" + hashlib.sha1(canonical_json(envelope).encode()).hexdigest()
+        elif not isinstance(msg_id, str) or not msg_id or len(msg_id) > 200:
+            raise MalformedMessage("bad-msg-id", "msg_id is not a short string")
+        return cls(topic=topic, envelope=envelope, parts=split_topic(topic), msg_id=msg_id)
+
+
+def decode_frames(frames: list[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
+    """Decode one ZeroMQ multipart into a :class:`Message`, checking everything fedmsg implies."""
+    if len(frames) != 2:
+        raise MalformedMessage("frame-count", f"{len(frames)} frames, expected 2 (topic, body)")
+    raw_topic, raw_body = frames
+    size = len(raw_topic) + len(raw_body)
+    if size > max_bytes:
+        raise MalformedMessage("too-large", f"{size} bytes, limit {max_bytes}")
+    try:
+        topic = raw_topic.decode("utf-8")
+        text = raw_body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage("invalid-utf8", str(exc)) from None
+    try:
+        envelope = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage("invalid-json", str(exc)[:200]) from None
+    return Message.from_envelope(envelope, frame_topic=topic)

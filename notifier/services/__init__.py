@@ -1,0 +1,1 @@
+"""Per-service knowledge of message shapes, one YAML file per service."""

@@ -1,0 +1,1 @@
+"""Example rule files shipped as package data (read with importlib.resources)."""

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh Debian machine, then runs it:
+# Debian packages for the real servers the tests start (ngircd, dbus-daemon), the
+# project's virtualenv with every backend and test extra, a second virtualenv with the
+# real fedmsg library (pinned to the pyOpenSSL/cryptography it works with), then
+# ruff, mypy --strict and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES="ngircd dbus libdbus-1-dev libglib2.0-dev pkg-config"
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+
+# The real fedmsg, isolated: its crypto needs old pyOpenSSL/cryptography pins.
+if [ ! -x .venv-fedmsg/bin/python ] || ! .venv-fedmsg/bin/python -c 'import fedmsg' 2>/dev/null; then
+  "$PY" -m venv .venv-fedmsg
+  .venv-fedmsg/bin/pip install -q 'fedmsg==1.1.7' 'pyOpenSSL==24.2.1' 'cryptography<44' 'pyzmq'
+fi
+export FEDMSG_PYTHON="$PWD/.venv-fedmsg/bin/python"
+
+.venv/bin/ruff check notifier backends tests bench
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Default templates shipped as package data (read with importlib.resources)."""
