@@ -11,6 +11,7 @@ from fedmsg_notify.backend import Backend, Item
 class ConsoleBackend(Backend):
     name: ClassVar[str] = "console"
     parts: ClassVar[tuple[str, ...]] = ("line",)
+    line_parts: ClassVar[frozenset[str]] = frozenset({"line"})
     rate: ClassVar[float] = 10_000.0
     burst: ClassVar[int] = 10_000
     stream: TextIO | None = None

@@ -15,9 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import Field
-
 from fedmsg_notify.validation import StrictModel
+from pydantic import Field
 
 
 class DeliveryError(Exception):
@@ -98,6 +97,10 @@ class Backend:
     name: ClassVar[str] = ""
     # Template blocks this backend renders; a single-part backend takes the whole template.
     parts: ClassVar[tuple[str, ...]] = ("text",)
+    # Parts that must be a single line (IRC line, mail subject, popup summary): the
+    # renderer folds CR/LF/tabs there, so message content can never start a new
+    # protocol line or header.
+    line_parts: ClassVar[frozenset[str]] = frozenset()
     # Parts rendered with HTML autoescaping on.
     html_parts: ClassVar[frozenset[str]] = frozenset()
     max_length: ClassVar[int | None] = None

@@ -16,7 +16,6 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-
 from fedmsg_notify.envelope import (
     DEFAULT_MAX_BYTES,
     MalformedMessage,
@@ -72,7 +71,7 @@ class Subscriber:
         for url in self.endpoints:
             # connect() never fails for a down endpoint: ZeroMQ keeps retrying in the background.
             self._sock.connect(url)
-        self._sync = zmq.Socket.shadow(self._sock.underlying)
+        self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
 
     def close(self) -> None:
         self._sock.close(linger=0)
@@ -92,7 +91,7 @@ class Subscriber:
     async def batches(self) -> AsyncIterator[list[Message]]:
         """Yield lists of decoded messages; each list is what the socket held at that moment."""
         while True:
-            await self._sock.poll(flags=zmq.POLLIN)
+            await self._sock.poll()
             batch: list[Message] = []
             for _ in range(BATCH):
                 try:
@@ -163,7 +162,7 @@ class Publisher:
         poller.register(self._sock, zmq.POLLIN)
         seen = False
         while (remaining := deadline - time.monotonic()) > 0:
-            if not poller.poll(timeout=remaining * 1000):
+            if not poller.poll(timeout=int(remaining * 1000) + 1):
                 break
             self._sock.recv()  # a (un)subscription frame
             if not seen:

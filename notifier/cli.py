@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fedmsg_notify import __version__
 from fedmsg_notify.config import Config, find_config_file, load_config
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.yaml_positions import Position, Problem, ProblemsError
 
 log = logging.getLogger("fedmsg_notify")
 
@@ -37,9 +37,7 @@ def load_cli_config(explicit: str | None) -> Config:
     return load_config(path)
 
 
-def _missing(path: Path) -> object:
-    from fedmsg_notify.yaml_positions import Position, Problem
-
+def _missing(path: Path) -> Problem:
     return Problem(Position(str(path), 1, 1), "configuration file does not exist")
 
 
@@ -150,8 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_opt(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", metavar="FILE", help="configuration file (default: $FEDMSG_NOTIFY_CONFIG, "
-                       "/etc/fedmsg-notify/config.yaml, ~/.config/fedmsg-notify/config.yaml, embedded defaults)")
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="configuration file (default: $FEDMSG_NOTIFY_CONFIG, "
+            "/etc/fedmsg-notify/config.yaml, ~/.config/fedmsg-notify/config.yaml, embedded defaults)",
+        )
 
     p = sub.add_parser("run", help="run the daemon in the foreground")
     config_opt(p)
@@ -175,13 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("publish", help="publish fedmsg-compatible messages (the fedmsg-logger job)")
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:9940", metavar="URL", help="endpoint to bind (default %(default)s)")
+    p.add_argument(
+        "--endpoint", default="tcp://127.0.0.1:9940", metavar="URL", help="endpoint to bind (default %(default)s)"
+    )
     p.add_argument("--connect", action="store_true", help="connect to a relay's inbound endpoint instead of binding")
     p.add_argument("--topic", required=True, help="full topic, e.g. org.fedoraproject.dev.logger.log")
     p.add_argument("--msg", metavar="JSON", help="the message body; omit or '-' to read JSON lines from stdin")
     p.add_argument("--username", default="fedmsg-notify", help="envelope username (default %(default)s)")
-    p.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
-                   help="how long to wait for subscribers before sending (default %(default)s)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long to wait for subscribers before sending (default %(default)s)",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("status", help="queues, digests, last deliveries and failures per destination")

@@ -21,13 +21,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
-
 from fedmsg_notify.backend import AccountOptions, Backend
 from fedmsg_notify.backends import backend_class, backend_names
 from fedmsg_notify.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
 from fedmsg_notify.validation import StrictModel, did_you_mean, validate
 from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
+from pydantic import Field, field_validator
 
 SYSTEM_CONFIG = Path("/etc/fedmsg-notify/config.yaml")
 USER_CONFIG = Path("~/.config/fedmsg-notify/config.yaml")

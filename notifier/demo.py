@@ -39,11 +39,7 @@ def free_port() -> int:
 
 
 def demo_config_text(endpoint: str, state: Path) -> str:
-    return (
-        f"bus:\n  endpoints: [{endpoint}]\n"
-        "accounts:\n  firehose: {backend: console}\n"
-        f"state: {state}\n"
-    )
+    return f"bus:\n  endpoints: [{endpoint}]\naccounts:\n  firehose: {{backend: console}}\nstate: {state}\n"
 
 
 def run_demo(args: argparse.Namespace) -> int:

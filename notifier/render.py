@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
-
 from fedmsg_notify.backend import Backend
 from fedmsg_notify.config import shipped_templates_dir
 from fedmsg_notify.envelope import Message
 from fedmsg_notify.meta import Meta
 from fedmsg_notify.rules import Route
+from jinja2.sandbox import SandboxedEnvironment
 
 
 def candidates(backend: str, subtopic: str, explicit: str | None = None) -> list[str]:

@@ -44,7 +44,11 @@ class RuleSet:
                     rule = Rule(name=raw["name"], file=str(file))
                     for m, dest in enumerate(raw.get("deliver", [])):
                         if dest["via"] not in accounts:
-                            problems.append(Problem(doc.where(("rules", n, "deliver", m, "via")), f"undefined account '{dest['via']}'"))
+                            problems.append(
+                                Problem(
+                                    doc.where(("rules", n, "deliver", m, "via")), f"undefined account '{dest['via']}'"
+                                )
+                            )
                             continue
                         routes.append(Route(Destination(dest["via"], dest.get("to")), rule))
         if problems:

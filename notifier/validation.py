@@ -10,9 +10,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from fedmsg_notify.yaml_positions import LocatedDocument, PathKey, Problem
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -99,15 +98,17 @@ def problems_from_validation(
             parent = ".".join(str(p) for p in path[:-1]) or "top level"
             problems.append(Problem(doc.where(path, key=True), f"unknown key '{key}' in {parent}{hint}{expected}"))
         elif error["type"] == "missing":
-            problems.append(Problem(doc.where(path[:-1]), f"{_describe(error)} in {'.'.join(str(p) for p in path[:-1]) or 'top level'}"))
+            problems.append(
+                Problem(
+                    doc.where(path[:-1]), f"{_describe(error)} in {'.'.join(str(p) for p in path[:-1]) or 'top level'}"
+                )
+            )
         else:
             problems.append(Problem(doc.where(path), f"{where}: {_describe(error)}"))
     return problems
 
 
-def validate(
-    model: type[M], data: Any, doc: LocatedDocument, base: PathKey = ()
-) -> tuple[M | None, list[Problem]]:
+def validate(model: type[M], data: Any, doc: LocatedDocument, base: PathKey = ()) -> tuple[M | None, list[Problem]]:
     """Validate ``data`` (found at ``base`` in ``doc``) against ``model``."""
     try:
         return model.model_validate(data), []

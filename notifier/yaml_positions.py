@@ -129,8 +129,5 @@ def _build(
             result[skey] = _build(loader, file, value_node, child, doc, problems)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(loader, file, item, (*path, index), doc, problems)
-            for index, item in enumerate(node.value)
-        ]
+        return [_build(loader, file, item, (*path, index), doc, problems) for index, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)

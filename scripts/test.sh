@@ -31,5 +31,5 @@ fi
 export FEDMSG_PYTHON="$PWD/.venv-fedmsg/bin/python"
 
 .venv/bin/ruff check notifier backends tests bench
-.venv/bin/mypy
+bash scripts/typecheck.sh
 .venv/bin/python -m pytest "$@"
