@@ -19,14 +19,14 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fedmsg_notify.backend import AccountOptions, Backend
 from fedmsg_notify.backends import backend_class, backend_names
 from fedmsg_notify.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
 from fedmsg_notify.validation import StrictModel, did_you_mean, validate
 from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 SYSTEM_CONFIG = Path("/etc/fedmsg-notify/config.yaml")
 USER_CONFIG = Path("~/.config/fedmsg-notify/config.yaml")
@@ -48,22 +48,23 @@ def default_state_path() -> Path:
     return Path(base) / "fedmsg-notify" / "state.db"
 
 
+def _check_endpoint(url: str) -> str:
+    if not ENDPOINT_RE.match(url):
+        raise ValueError(f"endpoint {url!r} is not a ZeroMQ address like tcp://host:port")
+    return url
+
+
+Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+
+
 class BusSection(StrictModel):
-    endpoints: list[str] = Field(default_factory=list)
+    endpoints: list[Endpoint] = Field(default_factory=list)
     fedmsg_config: str | None = None
     subscribe: list[str] = Field(default_factory=lambda: [""])
     # Larger messages are counted as malformed and dropped before JSON parsing.
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
     # ZeroMQ receive high-water mark: messages buffered while the daemon is busy.
     receive_queue: int = Field(default=100_000, ge=1)
-
-    @field_validator("endpoints")
-    @classmethod
-    def _endpoints(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not ENDPOINT_RE.match(url):
-                raise ValueError(f"endpoint {url!r} is not a ZeroMQ address like tcp://host:port")
-        return value
 
 
 class ConfigFile(StrictModel):
@@ -128,10 +129,13 @@ def load_config(path: str | Path, text: str | None = None) -> Config:
 def config_from_document(doc: LocatedDocument) -> Config:
     data = {} if doc.data is None else doc.data
     parsed, problems = validate(ConfigFile, data, doc)
+    raw_accounts = data.get("accounts") if isinstance(data, dict) else None
+    # Accounts are checked even when other sections are broken, so one run of
+    # `check` reports every problem.
+    accounts = _accounts(raw_accounts, doc, problems) if isinstance(raw_accounts, dict) else {}
     if parsed is None:
         raise ProblemsError(problems)
     base = Path(doc.file).resolve().parent
-    accounts = _accounts(parsed.accounts, doc, problems)
 
     endpoints = list(parsed.bus.endpoints)
     fedmsg: dict[str, Any] = {}
@@ -159,11 +163,14 @@ def config_from_document(doc: LocatedDocument) -> Config:
     )
 
 
-def _accounts(raw: dict[str, dict[str, Any]], doc: LocatedDocument, problems: list[Problem]) -> dict[str, Account]:
+def _accounts(raw: dict[str, Any], doc: LocatedDocument, problems: list[Problem]) -> dict[str, Account]:
     accounts: dict[str, Account] = {}
     known = backend_names()
     for name, options in raw.items():
         where = ("accounts", name)
+        if not isinstance(options, dict):
+            problems.append(Problem(doc.where(where), f"account '{name}' must be a mapping with a 'backend' key"))
+            continue
         backend_name = options.get("backend")
         if not isinstance(backend_name, str):
             problems.append(Problem(doc.where(where), f"account '{name}' needs 'backend: <one of {', '.join(known)}>'"))

@@ -72,6 +72,8 @@ def _describe(error: Any) -> str:
         return msg[len("Value error, ") :]
     if msg.startswith("Assertion failed, "):
         return msg[len("Assertion failed, ") :]
+    if msg.startswith("Input should be "):
+        msg = msg[len("Input should be ") :]
     got = error.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
     if len(shown) > 60:

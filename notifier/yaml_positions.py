@@ -42,7 +42,8 @@ class ProblemsError(Exception):
     """Raised with every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
+        # In file order, so a user can fix them top to bottom.
+        self.problems = sorted(problems, key=lambda p: (p.position.file, p.position.line, p.position.column))
         super().__init__("\n".join(str(p) for p in problems))
 
 
