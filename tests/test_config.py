@@ -6,7 +6,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from fedmsg_notify.backends import backend_names
 from fedmsg_notify.backends.console import ConsoleBackend
 from fedmsg_notify.cli import main
