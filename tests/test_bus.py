@@ -221,3 +221,18 @@ def test_publisher_socket_is_xpub_when_binding(endpoint: str) -> None:
         assert publisher.last_endpoint == endpoint
     finally:
         publisher.close(0)
+
+
+async def test_reconnects_after_publisher_restart(endpoint: str) -> None:
+    """When a publisher goes away and comes back on the same endpoint, messages flow again on their own."""
+    subscriber = Subscriber([endpoint])
+    try:
+        first = asyncio.create_task(collect(subscriber, 1))
+        await asyncio.to_thread(publish_all, endpoint, [{"phase": 1}])
+        assert (await first)[0].body == {"phase": 1}
+        await asyncio.sleep(0.5)  # the publisher is gone now
+        second = asyncio.create_task(collect(subscriber, 1))
+        await asyncio.to_thread(publish_all, endpoint, [{"phase": 2}])
+        assert (await second)[0].body == {"phase": 2}
+    finally:
+        subscriber.close()
