@@ -49,6 +49,7 @@ setup(
         "fedmsg_notify.services",
         "fedmsg_notify.data",
         "fedmsg_notify.backends",
+        "fedmsg_notify.backends.email",
         "fedmsg_notify.templates",
         "fedmsg_notify.example_rules",
     ],
