@@ -18,6 +18,8 @@ import zmq
 import zmq.asyncio
 from fedmsg_notify.envelope import (
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_STRING,
     MalformedMessage,
     Message,
     build_envelope,
@@ -48,6 +50,8 @@ class Subscriber:
         subscribe: Iterable[str] = ("",),
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_string: int = DEFAULT_MAX_STRING,
         receive_queue: int = 100_000,
         context: zmq.asyncio.Context | None = None,
         decode: Callable[[list[bytes]], Message] | None = None,
@@ -57,7 +61,9 @@ class Subscriber:
         self.max_bytes = max_bytes
         self.malformed: Counter[str] = Counter()
         self.received = 0
-        self._decode = decode or (lambda frames: decode_frames(frames, max_bytes=self.max_bytes))
+        self._decode = decode or (
+            lambda frames: decode_frames(frames, max_bytes=self.max_bytes, max_depth=max_depth, max_string=max_string)
+        )
         self._ctx = context or zmq.asyncio.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         _tune(self._sock)

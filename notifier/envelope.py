@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 # Environments fedmsg deployments use; the topic part after the prefix.
 KNOWN_ENVS = frozenset({"prod", "stg", "dev", "test", "local"})
 REQUIRED_FIELDS = ("topic", "msg", "timestamp")
 DEFAULT_MAX_BYTES = 1_000_000
+# Deeper or longer input is refused before parsing: templates, rules and backends walk
+# and copy message content, and nothing a real fedmsg service sends comes close.
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_STRING = 256 * 1024
+
+# One JSON string literal, escapes included. Possessive/atomic so a scan never
+# backtracks, and an unterminated string simply runs to the end of the text (a lone
+# trailing backslash included): every quote that starts a match ends it, which keeps the
+# scan linear on any input, valid JSON or not.
+_JSON_STRING = re.compile(r'("(?>[^"\\]*+(?:\\.[^"\\]*+)*+)(?:"|\\?\Z))', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class MalformedMessage(ValueError):
@@ -137,8 +151,39 @@ class Message:
         return cls(topic=topic, envelope=envelope, parts=split_topic(topic), msg_id=msg_id)
 
 
-def decode_frames(frames: list[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
-    """Decode one ZeroMQ multipart into a :class:`Message`, checking everything fedmsg implies."""
+def check_bounds(text: str, *, max_depth: int = DEFAULT_MAX_DEPTH, max_string: int = DEFAULT_MAX_STRING) -> None:
+    """Refuse JSON text nested deeper than ``max_depth`` or with a string longer than ``max_string``.
+
+    Works on the raw text, before parsing, in C-speed passes: a regex finds string
+    literals (so brackets inside strings do not count) and the nesting depth is the
+    running maximum of the bracket sequence. String length is measured as written on the wire
+    (escapes count as written: fedmsg escapes non-ASCII, so that is also what the limit
+    on message size counts).
+    """
+    # Fast paths: most messages are far too short to hold a long string and have too few
+    # brackets to be deep, which str.count/len tell without scanning in Python.
+    if len(text) > max_string + 2:
+        longest = max(map(len, _JSON_STRING.findall(text)), default=2) - 2
+        if longest > max_string:
+            raise MalformedMessage("string-too-long", f"a string of {longest} characters, limit {max_string}")
+    if text.count("[") + text.count("{") > max_depth:
+        brackets = _BRACKETS.findall(_JSON_STRING.sub("", text))
+        depth = max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+        if depth > max_depth:
+            raise MalformedMessage("too-deep", f"JSON nested {depth} levels deep, limit {max_depth}")
+
+
+def decode_frames(
+    frames: list[bytes],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_string: int = DEFAULT_MAX_STRING,
+) -> Message:
+    """Decode one ZeroMQ multipart into a :class:`Message`, checking everything fedmsg implies.
+
+    Size, nesting depth and string length are checked before the JSON is parsed.
+    """
     if len(frames) != 2:
         raise MalformedMessage("frame-count", f"{len(frames)} frames, expected 2 (topic, body)")
     raw_topic, raw_body = frames
@@ -150,6 +195,7 @@ def decode_frames(frames: list[bytes], *, max_bytes: int = DEFAULT_MAX_BYTES) ->
         text = raw_body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedMessage("invalid-utf8", str(exc)) from None
+    check_bounds(text, max_depth=max_depth, max_string=max_string)
     try:
         envelope = json.loads(text)
     except (ValueError, RecursionError) as exc:
