@@ -39,7 +39,9 @@ def free_port() -> int:
 
 
 def demo_config_text(endpoint: str, state: Path) -> str:
-    return f"bus:\n  endpoints: [{endpoint}]\naccounts:\n  firehose: {{backend: console}}\nstate: {state}\n"
+    # Every account the shipped rules name (firehose, desktop, mail) prints on the console.
+    accounts = "".join(f"  {name}: {{backend: console}}\n" for name in ("firehose", "desktop", "mail"))
+    return f"bus:\n  endpoints: [{endpoint}]\naccounts:\n{accounts}state: {state}\n"
 
 
 def run_demo(args: argparse.Namespace) -> int:
