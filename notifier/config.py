@@ -19,11 +19,13 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend
 from fedmsg_notify.backends import backend_class, backend_names
+from fedmsg_notify.envelope import DEFAULT_MAX_DEPTH, DEFAULT_MAX_STRING
 from fedmsg_notify.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
+from fedmsg_notify.signatures import SignatureConfigError, SignatureSettings, Verifier, settings_from_fedmsg
 from fedmsg_notify.validation import StrictModel, did_you_mean, validate
 from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
 from pydantic import AfterValidator, Field
@@ -65,6 +67,22 @@ class BusSection(StrictModel):
     max_message_bytes: int = Field(default=1_000_000, ge=1024)
     # ZeroMQ receive high-water mark: messages buffered while the daemon is busy.
     receive_queue: int = Field(default=100_000, ge=1)
+    # Deeper JSON or longer strings are counted as malformed and dropped before parsing.
+    max_json_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=4, le=500)
+    max_string_length: int = Field(default=DEFAULT_MAX_STRING, ge=1024)
+
+
+class SignaturesSection(StrictModel):
+    """fedmsg x509 signature checking; the same knobs as fedmsg's own configuration."""
+
+    # "validate" would shadow a pydantic method, hence the alias.
+    validate_signatures: bool = Field(default=True, alias="validate")
+    ca_cert: str | None = None
+    crl: str | None = None
+    # topic -> certificate common names allowed to send it (fedmsg's routing_policy).
+    routing_policy: dict[str, list[str]] = Field(default_factory=dict)
+    routing_nitpicky: bool = False
+    on_invalid: Literal["drop", "mark"] = "drop"
 
 
 class ConfigFile(StrictModel):
@@ -75,6 +93,7 @@ class ConfigFile(StrictModel):
     # Directories of per-service metadata files that add to or override the shipped ones.
     services: list[str] = Field(default_factory=list)
     state: str | None = None
+    signatures: SignaturesSection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,9 @@ class Config:
     service_paths: tuple[Path, ...]
     state_path: Path
     fedmsg: dict[str, Any] = field(default_factory=dict)
+    signatures: SignatureSettings = field(default_factory=SignatureSettings)
+    max_json_depth: int = DEFAULT_MAX_DEPTH
+    max_string_length: int = DEFAULT_MAX_STRING
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -145,6 +167,7 @@ def config_from_document(doc: LocatedDocument) -> Config:
             endpoints += [url for url in endpoints_from(fedmsg) if url not in endpoints]
         except FedmsgConfigError as exc:
             problems.append(Problem(doc.where(("bus", "fedmsg_config")), str(exc)))
+    signatures = _signatures(parsed, fedmsg, base, doc, problems)
     if problems:
         raise ProblemsError(problems)
     rules = parsed.rules if parsed.rules is not None else [str(shipped_rules_dir())]
@@ -160,7 +183,48 @@ def config_from_document(doc: LocatedDocument) -> Config:
         service_paths=tuple(_resolve(base, p) for p in parsed.services),
         state_path=_resolve(base, parsed.state) if parsed.state else default_state_path(),
         fedmsg=fedmsg,
+        signatures=signatures,
+        max_json_depth=parsed.bus.max_json_depth,
+        max_string_length=parsed.bus.max_string_length,
     )
+
+
+def _signatures(
+    parsed: ConfigFile, fedmsg: dict[str, Any], base: Path, doc: LocatedDocument, problems: list[Problem]
+) -> SignatureSettings:
+    """Our ``signatures:`` section if present, else fedmsg.d's keys; the CA and CRL are loaded once to check them."""
+    section = parsed.signatures
+    if section is None:
+        if not fedmsg.get("validate_signatures"):
+            return SignatureSettings()
+        where: tuple[str, ...] = ("bus", "fedmsg_config")
+        try:
+            settings = settings_from_fedmsg(fedmsg, source=str(parsed.bus.fedmsg_config))
+        except SignatureConfigError as exc:
+            problems.append(Problem(doc.where(where), str(exc)))
+            return SignatureSettings()
+    else:
+        where = ("signatures",)
+        settings = SignatureSettings(
+            validate=section.validate_signatures,
+            ca_cert=_resolve(base, section.ca_cert) if section.ca_cert else None,
+            crl=_resolve(base, section.crl) if section.crl else None,
+            routing_policy={topic: tuple(names) for topic, names in section.routing_policy.items()},
+            routing_nitpicky=section.routing_nitpicky,
+            on_invalid=section.on_invalid,
+            source=doc.file,
+        )
+        if settings.validate and settings.ca_cert is None:
+            problems.append(Problem(doc.where(where), "signatures: validation needs 'ca_cert: <CA certificate file>'"))
+            return settings
+    if settings.validate:
+        try:
+            Verifier(settings)
+        except SignatureConfigError as exc:
+            key = "crl" if settings.crl is not None and str(exc).startswith(str(settings.crl)) else "ca_cert"
+            at = (*where, key) if section is not None else where
+            problems.append(Problem(doc.where(at), str(exc)))
+    return settings
 
 
 def _accounts(raw: dict[str, Any], doc: LocatedDocument, problems: list[Problem]) -> dict[str, Account]:
