@@ -71,7 +71,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
             where = "--msg" if args.msg not in (None, "-") else f"<stdin>:{number}"
             print(f"{where}: invalid JSON: {exc}", file=sys.stderr)
             return 1
-    publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=args.wait)
+    signer = None
+    if args.cert or args.key:
+        from fedmsg_notify.signatures import SignatureConfigError, Signer
+
+        if not (args.cert and args.key):
+            print("publish: --cert and --key go together", file=sys.stderr)
+            return 1
+        try:
+            signer = Signer(args.cert, args.key)
+        except SignatureConfigError as exc:
+            print(f"publish: {exc}", file=sys.stderr)
+            return 1
+    publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=args.wait, signer=signer)
     try:
         for msg in msgs:
             envelope = publisher.publish(args.topic, msg)
@@ -192,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for subscribers before sending (default %(default)s)",
     )
+    p.add_argument("--cert", metavar="FILE", help="sign as fedmsg does (x509) with this PEM certificate...")
+    p.add_argument("--key", metavar="FILE", help="...and this unencrypted PEM RSA private key")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("status", help="queues, digests, last deliveries and failures per destination")
