@@ -44,7 +44,7 @@ def compile_regex(pattern: str) -> Any:
         ) from exc
 
 
-def show(value: Any, limit: int = 80) -> str:
+def show(value: Any, limit: int = 120) -> str:
     """A value as a user would write it in JSON, shortened for one-line messages."""
     try:
         text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)

@@ -96,7 +96,13 @@ class Verdict:
     failed: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule.name, "file": self.rule.file, "matched": self.matched, "failed": self.failed}
+        return {
+            "rule": self.rule.name,
+            "file": self.rule.file,
+            "line": self.rule.line,
+            "matched": self.matched,
+            "failed": self.failed,
+        }
 
 
 def parse_duration(value: Any) -> float:
@@ -410,8 +416,7 @@ class _FileCompiler:
         if not isinstance(value, dict) or not value:
             self.error(path, f"{_where(path)}: expected {{every: 1h, max: 100}} (either or both)")
             return None
-        if not self.unknown_keys(value, DIGEST_KEYS, path):
-            return None
+        ok = self.unknown_keys(value, DIGEST_KEYS, path)
         every: float | None = None
         limit: int | None = None
         if "every" in value:
@@ -419,13 +424,13 @@ class _FileCompiler:
                 every = parse_duration(value["every"])
             except ValueError as exc:
                 self.error((*path, "every"), f"{_where((*path, 'every'))}: {exc}")
-                return None
+                ok = False
         if "max" in value:
             limit = value["max"]
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 self.error((*path, "max"), f"{_where((*path, 'max'))}: expected a positive whole number, got {limit!r}")
-                return None
-        return Digest(every_seconds=every, max=limit)
+                ok = False
+        return Digest(every_seconds=every, max=limit) if ok else None
 
 
 def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
