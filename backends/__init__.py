@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN: dict[str, str] = {
     "console": "fedmsg_notify.backends.console:ConsoleBackend",
+    "irc": "fedmsg_notify.backends.irc:IRCBackend",
     "email": "fedmsg_notify.backends.email:EmailBackend",
     "mastodon": "fedmsg_notify.backends.mastodon:MastodonBackend",
 }

@@ -1,0 +1,689 @@
+"""One IRC connection per account: registration, channels, pacing, delivery receipts.
+
+The ``irc`` library (``irc.client_aio``) parses the protocol and answers the
+server's PINGs; this module owns everything a long-running bot needs on top:
+
+* registration with server password, SASL PLAIN or NickServ, alternative nicks and
+  regaining the configured nick later;
+* lazy, paced JOINs (with keys) and the channel modes that matter to us (``+c``);
+* one send pace for the whole connection, because servers count flood per client,
+  not per channel;
+* a delivery receipt: after the lines of a message we send ``PING <token>`` and
+  the message counts as delivered when the matching PONG comes back. Servers
+  handle a client's commands in order, so the PONG proves the server processed
+  (and relayed) every line before it; a line lost in a dying connection is
+  reported as a temporary failure and retried instead of silently vanishing.
+  Errors for our target that arrive before the PONG (401 no such nick, 404 cannot
+  send to channel) belong to this delivery;
+* reconnecting with capped exponential backoff and jitter, then rejoining.
+
+Library exceptions and protocol errors are translated into
+:class:`~fedmsg_notify.backend.TemporaryFailure` / ``PermanentFailure`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from fedmsg_notify.backend import PermanentFailure, TemporaryFailure
+
+log = logging.getLogger(__name__)
+
+# JOIN replies that no retry can fix (wrong key, banned, no such channel, bad name):
+# the delivery fails permanently and ``status`` shows why. Full or invite-only
+# channels, or a missing account registration, may change: those are temporary.
+JOIN_PERMANENT = {
+    "badchannelkey": "wrong channel key",
+    "bannedfromchan": "banned from the channel",
+    "nosuchchannel": "no such channel",
+    "badchanmask": "invalid channel name",
+}
+JOIN_TEMPORARY = {
+    "channelisfull": "channel is full",
+    "inviteonlychan": "channel is invite-only",
+    "toomanychannels": "joined too many channels",
+    "needreggednick": "channel needs a registered nick",
+    "nochanmodes": "channel needs a registered nick",
+    "unavailresource": "channel temporarily unavailable",
+}
+# Channel modes that forbid colours: ``+c`` blocks or strips them (solanum,
+# InspIRCd, UnrealIRCd), ``+S`` strips them (UnrealIRCd).
+NO_COLOUR_MODES = frozenset("cS")
+
+
+def fold(name: str) -> str:
+    """Case-fold a nick or channel the way IRC servers compare them (RFC 1459 §2.2)."""
+    return name.lower().translate(str.maketrans("[]\\~", "{}|^"))
+
+
+def is_channel(target: str) -> bool:
+    return target[:1] in "#&+!"
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where to connect, parsed from ``irc://host:port`` or ``ircs://host:port``."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Server:
+        parts = urlsplit(url)
+        if parts.scheme not in ("irc", "ircs"):
+            raise ValueError(f"server must start with irc:// or ircs://, not {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"server {url!r} names no host")
+        if parts.username or parts.password:
+            raise ValueError("put the server password in password_file, not in the server URL")
+        tls = parts.scheme == "ircs"
+        return cls(parts.hostname, parts.port or (6697 if tls else 6667), tls)
+
+    def __str__(self) -> str:
+        return f"{'ircs' if self.tls else 'irc'}://{self.host}:{self.port}"
+
+
+@dataclass
+class SessionSettings:
+    """What a session needs from the account, secrets already read from their files."""
+
+    server: Server
+    nick: str
+    alt_nicks: list[str] = field(default_factory=list)
+    username: str | None = None
+    realname: str = "fedmsg-notify"
+    password: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    nickserv_password: str | None = None
+    channel_keys: dict[str, str] = field(default_factory=dict)
+    channels: list[str] = field(default_factory=list)
+    ca_file: str | None = None
+    verify_tls: bool = True
+    rate: float = 0.5
+    burst: int = 4
+    regain_interval: float = 60.0
+    reconnect_min: float = 2.0
+    reconnect_max: float = 300.0
+    connect_timeout: float = 30.0
+    receipt_timeout: float = 60.0
+    keepalive: float = 90.0
+
+
+class TokenBucket:
+    """``rate`` commands a second on average, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        # The lock keeps waiters in arrival order, so lines leave in the order they came.
+        async with self._lock:
+            while True:
+                now = self.clock()
+                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+def _connection_classes() -> tuple[type[Any], type[Any]]:
+    """The ``irc`` library's asyncio reactor and connection, extended (imported lazily
+    so the backend module, and config validation, work without the library)."""
+    from irc.client_aio import AioConnection, AioReactor
+    from jaraco.stream import buffer
+
+    class Connection(AioConnection):  # type: ignore[misc]  # irc ships no type hints
+        # A server may send bytes that are not UTF-8 (old clients' nicks, topics):
+        # replace them instead of letting a UnicodeDecodeError kill the connection.
+        buffer_class = buffer.LenientDecodingLineBuffer
+
+        async def connect(
+            self, server: str, port: int, nickname: str, *, server_password: str | None,
+            username: str, ircname: str, factory: Any, sasl_login: str | None, sasl_password: str | None,
+        ) -> Connection:
+            """AioConnection.connect plus SASL: ``CAP LS`` goes out before NICK/USER so
+            the server holds registration until ``CAP END`` (IRCv3 capability
+            negotiation); the SASL state machine is the library's own."""
+            self.buffer = self.buffer_class()
+            self.handlers: dict[str, Any] = {}
+            self.real_server_name = ""
+            self.real_nickname = nickname
+            self.server, self.port, self.server_address = server, port, (server, port)
+            self.nickname, self.username, self.ircname = nickname, username, ircname
+            # The library's SASL state machine reads the SASL secret from ``password``.
+            self.password, self.sasl_login = sasl_password, sasl_login
+            protocol = self.protocol_class(self, self.reactor.loop)
+            self.transport, self.protocol = await factory(protocol, self.server_address)
+            self.connected = True
+            if server_password:
+                self.pass_(server_password)  # RFC 2812 §3.1.1: PASS before NICK/USER
+            if sasl_login and sasl_password:
+                self._sasl_step = None
+                for event in ("cap", "authenticate", "saslsuccess", "saslfail"):
+                    self.add_global_handler(event, self._sasl_state_machine, -42)
+                self.cap("LS")
+                self._sasl_step = self._sasl_cap_ls
+            self.nick(nickname)
+            self.user(username, ircname)
+            return self
+
+        def send_raw(self, string: str) -> None:
+            """Write one line; unlike the library's, never logs it (PASS, AUTHENTICATE and
+            IDENTIFY carry secrets) and never raises on a closed transport."""
+            if self.transport is None or self.transport.is_closing():
+                from irc.client import ServerNotConnectedError
+
+                raise ServerNotConnectedError("not connected")
+            self.transport.write(self._prep_message(string))
+
+        def disconnect(self, message: str = "") -> None:
+            # The library sends QUIT here even when the transport is already gone.
+            try:
+                del self.connected
+            except AttributeError:
+                return
+            if self.transport is not None and not self.transport.is_closing():
+                with contextlib.suppress(Exception):
+                    self.quit(message)
+                self.transport.close()
+            from irc.client import Event
+
+            self._handle_event(Event("disconnect", self.server, "", [message]))
+
+    class Reactor(AioReactor):  # type: ignore[misc]  # irc ships no type hints
+        connection_class = Connection
+
+    return Reactor, Connection
+
+
+class Session:
+    """The bot's presence on one network; ``deliver`` is what the backend calls."""
+
+    def __init__(self, account_name: str, settings: SessionSettings) -> None:
+        self.account_name = account_name
+        self.settings = settings
+        self.bucket = TokenBucket(settings.rate, settings.burst)
+        self.nick = settings.nick
+        self.user: str | None = None
+        self.host: str | None = None
+        self.connects = 0
+        self._conn: Any = None
+        self._ready = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._lost = asyncio.Event()
+        self._welcome: asyncio.Future[None] | None = None
+        self._next_attempt = 0.0
+        self._nicks: Iterator[str] = iter(())
+        self._wanted: dict[str, str] = {fold(ch): ch for ch in settings.channels}
+        self._joined: set[str] = set()
+        self._joins: dict[str, asyncio.Future[None]] = {}
+        self._modes: dict[str, set[str]] = {}
+        self._modes_known: dict[str, asyncio.Event] = {}
+        self._receipts: dict[str, asyncio.Future[None]] = {}
+        self._target_errors: dict[str, list[tuple[str, str]]] = {}
+        self._in_flight = Counter[str]()
+        self._tokens = itertools.count(1)
+        self._last_heard = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start connecting in the background; deliveries wait for (or fail without) it."""
+        reactor_cls, _ = _connection_classes()
+        self._reactor = reactor_cls(loop=asyncio.get_running_loop())
+        for event in (
+            "welcome", "nicknameinuse", "erroneusnickname", "nickcollision", "unavailresource", "join", "part",
+            "kick", "nick", "quit", "mode", "channelmodeis", "pong", "disconnect", "error", "passwdmismatch",
+            "yourebannedcreep", "login_failed", "saslsuccess", "nosuchnick", "cannotsendtochan", "nosuchchannel",
+            "396", *JOIN_PERMANENT, *JOIN_TEMPORARY, "all_raw_messages",
+        ):
+            self._reactor.add_global_handler(event, self._dispatch)
+        self._task = asyncio.create_task(self._run(), name=f"irc-{self.account_name}")
+
+    async def close(self) -> None:
+        """Let the server drain what we sent, say goodbye, and stop reconnecting."""
+        self._closing = True
+        if self._ready.is_set():
+            # ngircd spins on "Broken pipe" when a client vanishes with lines still
+            # queued for it: wait for the receipt of everything sent, then QUIT and let
+            # the server close the connection.
+            with contextlib.suppress(TemporaryFailure, PermanentFailure):
+                await self._receipt(timeout=5.0)
+            with contextlib.suppress(Exception):
+                self._conn.quit("fedmsg-notify stopping")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), timeout=3.0)
+        if self._conn is not None and self._conn.connected:
+            self._conn.disconnect()
+        for task in [self._task, *self._side_tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
+    async def _run(self) -> None:
+        """Connect, stay connected while it lasts, back off, repeat until closed."""
+        failures = 0
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._connect_once()
+                await self._lost.wait()
+                log.warning("irc %s: connection to %s lost", self.account_name, self.settings.server)
+            except (TimeoutError, OSError, ConnectionError, ssl.SSLError, RegistrationFailed) as exc:
+                log.warning("irc %s: cannot connect to %s: %s", self.account_name, self.settings.server, exc)
+            finally:
+                self._on_lost()
+            if self._closing:
+                return
+            # A connection that lived a while resets the backoff; one that dies right
+            # after registration (K-line, wrong password) keeps backing off.
+            failures = 0 if time.monotonic() - started > 60 else failures + 1
+            delay = min(self.settings.reconnect_max, self.settings.reconnect_min * 2 ** max(failures - 1, 0))
+            delay *= random.uniform(0.5, 1.0)  # jitter: many bots restarting together spread out
+            self._next_attempt = time.monotonic() + delay
+            log.info("irc %s: reconnecting in %.1f s", self.account_name, delay)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> None:
+        s = self.settings
+        self._lost.clear()
+        loop = asyncio.get_running_loop()
+        self._welcome = loop.create_future()
+        self._nicks = iter([*s.alt_nicks, *(s.nick + "_" * n for n in range(1, 4)),
+                            *(f"{s.nick[:7]}{n}" for n in range(10, 100))])
+        from irc.connection import AioFactory
+
+        kwargs: dict[str, Any] = {}
+        if s.server.tls:
+            kwargs = {"ssl": self._tls_context(), "server_hostname": s.server.host}
+        factory = AioFactory(**kwargs)
+        if self._conn is not None:
+            self._reactor._remove_connection(self._conn)  # one live connection per session
+        self._conn = self._reactor.server()
+        self._sasl_ok = False
+        await asyncio.wait_for(
+            self._conn.connect(
+                s.server.host, s.server.port, s.nick, server_password=s.password,
+                username=s.username or s.nick, ircname=s.realname, factory=factory,
+                sasl_login=s.sasl_username, sasl_password=s.sasl_password,
+            ),
+            timeout=s.connect_timeout,
+        )
+        await asyncio.wait_for(asyncio.shield(self._welcome), timeout=s.connect_timeout)
+        self.connects += 1
+        self._last_heard = time.monotonic()
+        log.info("irc %s: registered on %s as %s", self.account_name, s.server, self.nick)
+        if s.nickserv_password and not self._sasl_ok:
+            # NickServ syntax "IDENTIFY <account> <password>" (Atheme/Anope): works on
+            # networks without SASL; the account is the configured nick.
+            self._conn.privmsg("NickServ", f"IDENTIFY {s.nick} {s.nickserv_password}")
+        self._ready.set()
+        self._spawn(self._rejoin())
+        self._spawn(self._keepalive())
+        if fold(self.nick) != fold(s.nick):
+            self._spawn(self._regain())
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.settings.ca_file)
+        if not self.settings.verify_tls:
+            log.warning("irc %s: TLS certificate verification is OFF for %s", self.account_name, self.settings.server)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _on_lost(self) -> None:
+        """Forget per-connection state; everything in flight fails as temporary."""
+        self._ready.clear()
+        self._joined.clear()
+        self._modes.clear()
+        for event in self._modes_known.values():
+            event.set()
+        self._modes_known.clear()
+        failure = TemporaryFailure(f"disconnected from {self.settings.server}", retry_after=self.retry_after())
+        for future in [*self._joins.values(), *self._receipts.values()]:
+            if not future.done():
+                future.set_exception(failure)
+                future.exception()  # a failed join nobody awaits any more must not warn
+        self._joins.clear()
+        self._receipts.clear()
+        for task in self._side_tasks:
+            task.cancel()
+        if self._conn is not None and self._conn.connected:
+            self._conn.disconnect()
+
+    def retry_after(self) -> float:
+        return max(1.0, self._next_attempt - time.monotonic())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # ------------------------------------------------------------------ background
+
+    async def _rejoin(self) -> None:
+        """JOIN the configured channels and every channel used before, paced."""
+        for channel in list(self._wanted.values()):
+            with contextlib.suppress(TemporaryFailure, PermanentFailure):
+                await self.join(channel)
+
+    async def _regain(self) -> None:
+        """Periodically ask for the configured nick back while an alternative is in use."""
+        while fold(self.nick) != fold(self.settings.nick):
+            await asyncio.sleep(self.settings.regain_interval)
+            await self._try_regain()
+
+    async def _try_regain(self) -> None:
+        if self._ready.is_set() and fold(self.nick) != fold(self.settings.nick):
+            await self.bucket.take()
+            self._write("nick", self.settings.nick)
+
+    async def _keepalive(self) -> None:
+        """Notice a dead connection (no data for ``keepalive`` s, no PONG) and reconnect."""
+        while True:
+            await asyncio.sleep(self.settings.keepalive / 3)
+            if time.monotonic() - self._last_heard > self.settings.keepalive:
+                try:
+                    await self._receipt(timeout=self.settings.keepalive / 2)
+                except (TemporaryFailure, PermanentFailure):
+                    log.warning("irc %s: server stopped answering, reconnecting", self.account_name)
+                    self._conn.disconnect("ping timeout")
+                    return
+
+    # ------------------------------------------------------------------ delivery
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once registered; :class:`TemporaryFailure` if not within ``timeout``."""
+        if self._ready.is_set():
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout=timeout)
+        if not self._ready.is_set():
+            raise TemporaryFailure(f"not connected to {self.settings.server}", retry_after=self.retry_after())
+
+    async def join(self, channel: str) -> None:
+        """Be in ``channel`` (JOIN once, paced, with its key) and know its modes."""
+        key = fold(channel)
+        self._wanted.setdefault(key, channel)
+        if key in self._joined:
+            return
+        future = self._joins.get(key)
+        sender = future is None
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._joins[key] = future
+            self._modes_known[key] = asyncio.Event()
+            await self.bucket.take()
+            if not future.done():
+                self._write("join", channel, self.settings.channel_keys.get(key, ""))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=self.settings.receipt_timeout)
+        except TimeoutError:
+            self._joins.pop(key, None)
+            raise TemporaryFailure(f"no answer to JOIN {channel}") from None
+        except PermanentFailure:
+            self._wanted.pop(key, None)
+            raise
+        if sender:
+            # RPL_CHANNELMODEIS tells whether the channel forbids colours (+c).
+            await self.bucket.take()
+            self._write("mode", channel, "")
+        # Colour stripping depends on the modes: wait briefly for RPL_CHANNELMODEIS.
+        known = self._modes_known.get(key)
+        if known is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(known.wait(), timeout=10.0)
+
+    def colours_allowed(self, target: str) -> bool:
+        return not (self._modes.get(fold(target), set()) & NO_COLOUR_MODES)
+
+    def budget(self, command: str, target: str) -> int:
+        from .lines import relay_budget
+
+        return relay_budget(command, target, self.nick, self.user, self.host)
+
+    async def deliver(self, command: str, target: str, lines: list[str]) -> None:
+        """Send ``lines`` to ``target`` (paced), then wait for the server's receipt."""
+        key = fold(target)
+        errors = self._target_errors.setdefault(key, [])
+        mark = len(errors)
+        self._in_flight[key] += 1
+        try:
+            for line in lines:
+                await self.bucket.take()
+                self._write(command, target, line)
+            await self._receipt(timeout=self.settings.receipt_timeout)
+            new = errors[mark:]
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+                self._target_errors.pop(key, None)
+        for kind, text in new:
+            if kind == "cannotsendtochan":
+                # Kicked, banned, +m: forget the channel so the next attempt rejoins.
+                self._joined.discard(key)
+                raise TemporaryFailure(f"cannot send to {target}: {text}")
+            raise PermanentFailure(f"{target}: {text}")
+
+    async def _receipt(self, timeout: float) -> None:
+        """PING the server and wait for its PONG (see the module docstring)."""
+        token = f"fn{next(self._tokens)}"
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._receipts[token] = future
+        try:
+            self._write("ping", token)
+            await asyncio.wait_for(asyncio.shield(future), timeout=timeout)
+        except TimeoutError:
+            raise TemporaryFailure(f"{self.settings.server} did not confirm within {timeout:.0f} s") from None
+        finally:
+            self._receipts.pop(token, None)
+
+    def _write(self, command: str, *args: str) -> None:
+        """Send one command through the library; a dead transport is a temporary failure."""
+        from irc.client import MessageTooLong, ServerNotConnectedError
+
+        if self._conn is None or not self._ready.is_set():
+            raise TemporaryFailure(f"not connected to {self.settings.server}", retry_after=self.retry_after())
+        try:
+            getattr(self._conn, command)(*args)
+        except ServerNotConnectedError:
+            raise TemporaryFailure(f"not connected to {self.settings.server}", retry_after=self.retry_after()) from None
+        except MessageTooLong as exc:
+            raise PermanentFailure(f"line too long for IRC: {exc}") from None
+
+    # ------------------------------------------------------------------ events
+
+    _sasl_ok = False
+
+    def _dispatch(self, connection: Any, event: Any) -> None:
+        """Route a library event to ``_on_<type>``; a bug in a handler must not kill
+        the connection (the library would let it escape into ``data_received``)."""
+        if connection is not self._conn:
+            return
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler is None:
+            kind = event.type
+            if kind in JOIN_PERMANENT or kind in JOIN_TEMPORARY:
+                handler = self._on_join_error
+            elif kind in ("nicknameinuse", "erroneusnickname", "nickcollision", "unavailresource"):
+                handler = self._on_nick_refused
+            elif kind in ("nosuchnick", "nosuchchannel", "cannotsendtochan"):
+                handler = self._on_target_error
+            elif kind in ("yourebannedcreep", "error"):
+                handler = self._on_server_error
+            else:
+                return
+        try:
+            handler(event)
+        except Exception:
+            log.exception("irc %s: error handling %s", self.account_name, event.type)
+
+    def _on_all_raw_messages(self, event: Any) -> None:
+        self._last_heard = time.monotonic()
+
+    def _on_welcome(self, event: Any) -> None:
+        self.nick = event.target or self.nick
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_result(None)
+
+    def _on_saslsuccess(self, event: Any) -> None:
+        self._sasl_ok = True
+        log.info("irc %s: SASL authentication succeeded", self.account_name)
+
+    def _on_login_failed(self, event: Any) -> None:
+        reason = " ".join(event.arguments[-1:]) or "refused"
+        log.error("irc %s: SASL authentication failed: %s; continuing unauthenticated", self.account_name, reason)
+
+    def _on_passwdmismatch(self, event: Any) -> None:
+        self._fail_registration("the server refused the password (password_file)")
+
+    def _on_server_error(self, event: Any) -> None:
+        reason = " ".join(str(a) for a in [event.target, *event.arguments] if a)
+        log.warning("irc %s: server says: %s", self.account_name, reason)
+        if self._welcome is not None and not self._welcome.done():
+            self._fail_registration(reason)
+
+    def _fail_registration(self, reason: str) -> None:
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_exception(RegistrationFailed(reason))
+            self._welcome.exception()
+
+    def _on_nick_refused(self, event: Any) -> None:
+        if self._ready.is_set():
+            return  # a regain attempt failed; keep the alternative nick and try later
+        candidate = next(self._nicks, None)
+        if candidate is None:
+            self._fail_registration("every nick is taken")
+            return
+        log.info("irc %s: nick %s unavailable (%s), trying %s", self.account_name,
+                 event.arguments[0] if event.arguments else "?", event.type, candidate)
+        self.nick = candidate
+        self._conn.nick(candidate)
+
+    def _on_nick(self, event: Any) -> None:
+        old, new = event.source.nick, event.target
+        if fold(old) == fold(self.nick):
+            self.nick = new
+            log.info("irc %s: now known as %s", self.account_name, new)
+        elif fold(old) == fold(self.settings.nick) and self._ready.is_set():
+            self._spawn(self._try_regain())  # whoever held our nick just dropped it
+
+    def _on_quit(self, event: Any) -> None:
+        if fold(event.source.nick) == fold(self.settings.nick) and fold(self.nick) != fold(self.settings.nick):
+            self._spawn(self._try_regain())
+
+    def _on_join(self, event: Any) -> None:
+        if fold(event.source.nick) != fold(self.nick):
+            return
+        key = fold(event.target)
+        # Our own JOIN echo shows the user@host others see in front of our lines.
+        self.user, self.host = event.source.user, event.source.host
+        self._joined.add(key)
+        self._modes.setdefault(key, set())
+        self._modes_known.setdefault(key, asyncio.Event())
+        future = self._joins.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _on_join_error(self, event: Any) -> None:
+        channel = event.arguments[0] if event.arguments else ""
+        key = fold(channel)
+        future = self._joins.pop(key, None)
+        text = JOIN_PERMANENT.get(event.type) or JOIN_TEMPORARY.get(event.type, event.type)
+        log.warning("irc %s: cannot join %s: %s", self.account_name, channel, text)
+        if future is not None and not future.done():
+            error_cls = PermanentFailure if event.type in JOIN_PERMANENT else TemporaryFailure
+            future.set_exception(error_cls(f"cannot join {channel}: {text}"))
+            future.exception()
+        elif event.type in ("nosuchchannel",):
+            self._on_target_error(event)
+
+    def _on_part(self, event: Any) -> None:
+        if fold(event.source.nick) == fold(self.nick):
+            self._joined.discard(fold(event.target))
+
+    def _on_kick(self, event: Any) -> None:
+        if event.arguments and fold(event.arguments[0]) == fold(self.nick):
+            log.warning("irc %s: kicked from %s: %s", self.account_name, event.target, " ".join(event.arguments[1:]))
+            self._joined.discard(fold(event.target))
+
+    def _on_channelmodeis(self, event: Any) -> None:
+        channel, *modes = event.arguments
+        self._apply_modes(channel, " ".join(modes))
+        known = self._modes_known.get(fold(channel))
+        if known is not None:
+            known.set()
+
+    def _on_mode(self, event: Any) -> None:
+        self._apply_modes(event.target, " ".join(event.arguments))
+
+    def _apply_modes(self, channel: str, text: str) -> None:
+        from irc.modes import parse_channel_modes
+
+        flags = self._modes.setdefault(fold(channel), set())
+        for sign, mode, _param in parse_channel_modes(text):
+            if sign == "+":
+                flags.add(mode)
+            else:
+                flags.discard(mode)
+
+    def _on_396(self, event: Any) -> None:
+        # RPL_HOSTHIDDEN: the network gave us a cloak; lines now carry that host.
+        if event.arguments:
+            self.host = event.arguments[0].rpartition("@")[2] or self.host
+
+    def _on_target_error(self, event: Any) -> None:
+        target = event.arguments[0] if event.arguments else ""
+        text = event.arguments[-1] if len(event.arguments) > 1 else event.type
+        errors = self._target_errors.get(fold(target))
+        if errors is not None:
+            errors.append((event.type, text))
+
+    def _on_pong(self, event: Any) -> None:
+        token = event.arguments[0] if event.arguments else event.target
+        future = self._receipts.get(token)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _on_disconnect(self, event: Any) -> None:
+        self._lost.set()
+        if self._welcome is not None and not self._welcome.done():
+            self._fail_registration("the server closed the connection")
+
+
+class RegistrationFailed(Exception):
+    """The server ended the connection before welcoming us (password, ban, no nick)."""
+
+
+def sasl_plain(username: str, password: str) -> str:
+    """The AUTHENTICATE payload of SASL PLAIN (RFC 4616), for tests and debugging."""
+    return base64.b64encode(f"\0{username}\0{password}".encode()).decode()
