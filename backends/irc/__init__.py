@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, PermanentFailure
+from fedmsg_notify.sanitize import strip_irc_formatting
 from fedmsg_notify.validation import StrictModel
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from .lines import age_suffix, describe_age, fit, strip_formatting, wire_safe
+from .lines import age_suffix, describe_age, fit, wire_safe
 from .session import Server, Session, SessionSettings, fold, is_channel
 
 # RFC 2812 §2.3.1 nick grammar (letters, digits, the "special" characters, "-").
@@ -202,7 +203,7 @@ class IRCBackend(Backend):
         text = wire_safe(item.rendered.get("line", ""))
         text += age_suffix(item.timestamp, threshold=self.irc_account.old_after)
         if not self.session.colours_allowed(target):
-            text = strip_formatting(text)
+            text = strip_irc_formatting(text)
         if not text.strip():
             raise PermanentFailure(f"message {item.msg_id} rendered to an empty IRC line")
         budget = self.session.budget(command.upper(), target)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import time
 
+from fedmsg_notify.sanitize import one_line
+
 # RFC 1459 §2.3: "IRC messages are always lines of characters terminated with a
 # CR-LF pair, and these messages shall not exceed 512 characters in length,
 # counting all characters including the trailing CR-LF".
@@ -25,16 +27,10 @@ ELLIPSIS = "…"
 CONTINUATION = "… "
 
 # mIRC formatting codes (bold, colour, hex colour, reset, reverse, italic,
-# strikethrough, underline, monospace): the only control characters a line keeps.
+# strikethrough, underline, monospace) come from the trusted ``irc_color`` helper:
+# the only control characters a line keeps. Every other one (CTCP's \x01, bell,
+# escape, DEL, C1) is dropped; line breaks and NUL become a space first.
 _FORMATTING = "\x02\x03\x04\x0f\x16\x1d\x1e\x1f\x11"
-_FORMATTING_RE = re.compile(
-    r"\x03(?:\d{1,2}(?:,\d{1,2})?)?"  # colour: fg[,bg]
-    r"|\x04(?:[0-9a-fA-F]{6}(?:,[0-9a-fA-F]{6})?)?"  # hex colour
-    r"|[\x02\x0f\x16\x1d\x1e\x1f\x11]"
-)
-# Line breaks and NUL end or corrupt a protocol line: they become a space. Every
-# other control character (CTCP's \x01, bell, escape, DEL, C1) is dropped.
-_BREAKS_RE = re.compile(r"[\r\n\x00\t\v\f\x85\u2028\u2029]+")
 _CONTROLS = (chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)])
 _CONTROLS_RE = re.compile("[" + "".join(re.escape(ch) for ch in _CONTROLS if ch not in _FORMATTING) + "]")
 
@@ -45,13 +41,7 @@ def wire_safe(text: str) -> str:
     The renderer already folds line breaks in line parts; this is the backend's
     own second line of defence, so a misbehaving template cannot inject commands.
     """
-    text = _BREAKS_RE.sub(" ", text)
-    return _CONTROLS_RE.sub("", text).strip()
-
-
-def strip_formatting(text: str) -> str:
-    """``text`` without mIRC colours and styles (for channels with mode ``+c``)."""
-    return _FORMATTING_RE.sub("", text)
+    return _CONTROLS_RE.sub("", one_line(text.replace("\x00", " "))).strip()
 
 
 def relay_budget(command: str, target: str, nick: str, user: str | None, host: str | None) -> int:
