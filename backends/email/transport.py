@@ -51,6 +51,8 @@ class MaildirTransport:
         await self._run(self._open)
 
     def _open(self) -> mailbox.Maildir:
+        # mailbox creates only the last directory; mail is private, hence 0700 for parents too.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return mailbox.Maildir(self.path, create=True)
 
     async def deliver(self, mail: EmailMessage, sender: str, recipient: str) -> None:

@@ -1,0 +1,460 @@
+"""The email backend against a real SMTP server (aiosmtpd on 127.0.0.1) and a real Maildir."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mailbox
+import ssl
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
+from fedmsg_notify.backends.email import EmailAccount, EmailBackend
+from fedmsg_notify.backends.email.compose import Sender, compose, parse_address
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from tests.smtpserver import Handler, smtp_server
+
+FROM = "Fedora Notifications <notify@example.org>"
+TO = "ralph@example.org"
+UPDATE = "https://bodhi.fedoraproject.org/updates/FEDORA-2024-abc123"
+
+
+def make_item(n: int = 1, **changes: Any) -> Item:
+    fields: dict[str, Any] = {
+        "id": n,
+        "msg_id": f"2024-{n:04d}-msg",
+        "destination": Destination("mail", TO),
+        "rule": "bodhi news on my packages",
+        "topic": "org.fedoraproject.prod.bodhi.update.comment",
+        "service": "bodhi",
+        "rendered": {
+            "subject": "[bodhi] ralph commented on update python-fedmsg-1.0-1.fc40",
+            "text": "ralph commented on python-fedmsg-1.0-1.fc40\n" + UPDATE,
+            "html": f'<p>ralph commented on <a href="{UPDATE}">python-fedmsg-1.0-1.fc40</a></p>',
+        },
+        "meta": {
+            "title": "bodhi.update.comment",
+            "subtitle": "ralph commented on update python-fedmsg-1.0-1.fc40",
+            "link": UPDATE + f"#comment-{n}",
+            "usernames": ["ralph", "lmacken"],
+            "packages": ["python-fedmsg"],
+        },
+        "timestamp": 1700000000.0 + n,
+    }
+    fields.update(changes)
+    return Item(**fields)
+
+
+def make_backend(**options: Any) -> EmailBackend:
+    account = EmailAccount.model_validate({"backend": "email", "from": FROM, **options})
+    return EmailBackend("mail", account)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def server(port: int) -> Iterator[Handler]:
+    with smtp_server(port) as handler:
+        yield handler
+
+
+async def test_delivered_mail_parses_and_carries_every_header(server: Handler, port: int) -> None:
+    """A mail arrives as multipart/alternative with the headers users filter and thread on."""
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    await backend.start()
+    await backend.send(make_item())
+    await backend.close()
+
+    [got] = server.delivered
+    assert got.mail_from == "notify@example.org"
+    assert got.rcpt_tos == [TO]
+    mail = got.mail
+    assert mail["From"] == FROM
+    assert mail["To"] == TO
+    assert mail["Subject"] == "[bodhi] ralph commented on update python-fedmsg-1.0-1.fc40"
+    assert mail["Date"].datetime.timestamp() == 1700000001.0
+    assert mail["Message-ID"].startswith("<") and mail["Message-ID"].endswith("@example.org>")
+    assert mail["X-Fedmsg-Topic"] == "org.fedoraproject.prod.bodhi.update.comment"
+    assert mail.get_all("X-Fedmsg-Category") == ["bodhi"]
+    assert mail.get_all("X-Fedmsg-Username") == ["ralph", "lmacken"]
+    assert mail.get_all("X-Fedmsg-Package") == ["python-fedmsg"]
+    assert mail["Precedence"] == "bulk"
+    assert mail["Auto-Submitted"] == "auto-generated"
+    assert mail["List-Id"] == '"bodhi news on my packages" <bodhi-news-on-my-packages.fedmsg-notify.example.org>'
+    assert mail["In-Reply-To"] == mail["References"]
+    assert mail["References"].endswith("@example.org>")
+    assert mail.get_content_type() == "multipart/alternative"
+    text, html = mail.iter_parts()
+    assert text.get_content_type() == "text/plain" and UPDATE in text.get_content()
+    assert html.get_content_type() == "text/html" and f'href="{UPDATE}"' in html.get_content()
+    assert not mail.defects
+
+
+async def test_a_retry_produces_the_same_message_id() -> None:
+    """Mail clients can drop a duplicate after a retry: the same message to the same person keeps its Message-ID."""
+    sender = Sender.from_header(FROM)
+    rcpt = parse_address(TO, what="to")
+    first = compose(make_item(1), sender, rcpt)
+    again = compose(make_item(1), sender, rcpt)
+    other_person = compose(make_item(1, destination=Destination("mail", "bob@example.org")), sender, rcpt)
+    other_message = compose(make_item(2), sender, rcpt)
+    assert first["Message-ID"] == again["Message-ID"]
+    assert first["Message-ID"] != other_person["Message-ID"]
+    assert first["Message-ID"] != other_message["Message-ID"]
+
+
+async def test_mails_about_one_update_thread_together() -> None:
+    """Comments on one update share References; another update starts its own thread."""
+    sender = Sender.from_header(FROM)
+    rcpt = parse_address(TO, what="to")
+    one = compose(make_item(1), sender, rcpt)
+    two = compose(make_item(2), sender, rcpt)
+    other_meta = {**make_item().meta, "link": "https://bodhi.fedoraproject.org/updates/FEDORA-2024-ffff"}
+    other = compose(make_item(3, meta=other_meta), sender, rcpt)
+    no_link = {**make_item().meta, "link": None, "packages": ["koji"]}
+    by_package = compose(make_item(4, meta=no_link, service="buildsys"), sender, rcpt)
+    by_package_too = compose(make_item(5, meta=no_link, service="buildsys"), sender, rcpt)
+    assert one["References"] == two["References"] == one["In-Reply-To"]
+    assert other["References"] != one["References"]
+    assert by_package["References"] == by_package_too["References"] != one["References"]
+
+
+async def test_starttls_and_auth_with_a_password_file(port: int, server_tls: ssl.SSLContext, ca_file: Path,
+                                                     tmp_path: Path) -> None:
+    """A relay that insists on STARTTLS and a login gets both, verified against the configured CA."""
+    password = tmp_path / "smtp.password"
+    password.write_text("s3cret-pw\n")
+    with smtp_server(port, tls_context=server_tls, require_starttls=True, users={"notifier": "s3cret-pw"}) as srv:
+        backend = make_backend(
+            smtp=f"smtp://localhost:{port}", starttls="required", ca_file=str(ca_file),
+            username="notifier", password_file=str(password),
+        )
+        await backend.start()
+        await backend.send(make_item())
+        await backend.close()
+    [got] = srv.delivered
+    assert got.tls and got.login == "notifier"
+
+
+async def test_a_refused_login_is_retried_and_never_shows_the_password(
+    port: int, server_tls: ssl.SSLContext, ca_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong password keeps the mail queued (temporary) and the password appears in no error or log."""
+    caplog.set_level(logging.DEBUG)
+    password = tmp_path / "smtp.password"
+    password.write_text("wrong-horse-battery\n")
+    with smtp_server(port, tls_context=server_tls, require_starttls=True, users={"notifier": "right"}) as srv:
+        backend = make_backend(
+            smtp=f"smtp://localhost:{port}", starttls="required", ca_file=str(ca_file),
+            username="notifier", password_file=str(password),
+        )
+        with pytest.raises(TemporaryFailure) as failure:
+            await backend.send(make_item())
+        password.write_text("right\n")  # fixed without a restart: read again at the next connect
+        await backend.send(make_item())
+        await backend.close()
+    assert "535" in failure.value.reason and "login refused" in failure.value.reason
+    assert "wrong-horse-battery" not in failure.value.reason
+    assert "wrong-horse-battery" not in caplog.text
+    assert "wrong-horse-battery" not in repr(backend.options)
+    assert len(srv.delivered) == 1
+
+
+async def test_implicit_tls_smtps(port: int, server_tls: ssl.SSLContext, ca_file: Path) -> None:
+    """An smtps:// relay is reached over TLS from the first byte."""
+    with smtp_server(port, tls_context=server_tls, implicit_tls=True) as srv:
+        backend = make_backend(smtp=f"smtps://localhost:{port}", ca_file=str(ca_file))
+        await backend.send(make_item())
+        await backend.close()
+    assert len(srv.delivered) == 1
+
+
+async def test_untrusted_certificate_is_a_temporary_failure(port: int, server_tls: ssl.SSLContext) -> None:
+    """A server whose certificate does not verify gets nothing, and the mail stays queued."""
+    with smtp_server(port, tls_context=server_tls, implicit_tls=True) as srv:
+        backend = make_backend(smtp=f"smtps://localhost:{port}")
+        with pytest.raises(TemporaryFailure, match="certificate"):
+            await backend.send(make_item())
+        await backend.close()
+    assert srv.delivered == []
+
+
+async def test_required_starttls_refuses_a_server_without_it(server: Handler, port: int) -> None:
+    """'starttls: required' never sends a mail in clear text to a server that does not offer TLS."""
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}", starttls="required")
+    with pytest.raises(TemporaryFailure, match=r"(?i)starttls"):
+        await backend.send(make_item())
+    await backend.close()
+    assert server.delivered == []
+
+
+async def test_opportunistic_starttls_encrypts_when_offered(port: int, server_tls: ssl.SSLContext) -> None:
+    """By default a relay that offers STARTTLS (even with a self-signed certificate) gets an encrypted session."""
+    with smtp_server(port, tls_context=server_tls) as srv:
+        backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+        await backend.send(make_item())
+        await backend.close()
+    assert [d.tls for d in srv.delivered] == [True]
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply"),
+    [("RCPT", "421 4.3.2 Service shutting down"), ("DATA", "451 4.3.0 Greylisted, try again later")],
+)
+async def test_4xx_replies_are_temporary_then_delivered_once(server: Handler, port: int, stage: str,
+                                                             reply: str) -> None:
+    """A greylisting or busy server is retried, and the mail arrives exactly once when it accepts."""
+    server.fail(stage, reply, times=2)
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    reasons = []
+    for _ in range(2):
+        with pytest.raises(TemporaryFailure) as failure:
+            await backend.send(make_item())
+        reasons.append(failure.value.reason)
+    await backend.send(make_item())
+    await backend.close()
+    assert all(reply in reason for reason in reasons), reasons
+    assert len(server.delivered) == 1
+
+
+async def test_5xx_is_permanent_with_the_servers_text(server: Handler, port: int) -> None:
+    """An unknown mailbox is reported with the server's own words and not retried."""
+    server.fail("RCPT", "550 5.1.1 <ralph@example.org>: Recipient address rejected: User unknown")
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    with pytest.raises(PermanentFailure) as failure:
+        await backend.send(make_item())
+    await backend.send(make_item(2))  # the next mail still goes through on a fresh session
+    await backend.close()
+    assert "550 5.1.1" in failure.value.reason and "User unknown" in failure.value.reason
+    assert [d.mail["Message-ID"] for d in server.delivered] == [compose(
+        make_item(2), Sender.from_header(FROM), parse_address(TO, what="to"))["Message-ID"]]
+
+
+async def test_connection_refused_is_temporary(port: int) -> None:
+    """No server listening means try again later, not a lost mail."""
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}", timeout=5)
+    with pytest.raises(TemporaryFailure, match=r"127\.0\.0\.1"):
+        await backend.send(make_item())
+    await backend.close()
+
+
+async def test_a_silent_server_times_out_as_temporary(port: int) -> None:
+    """A server that accepts the connection but never greets is given up on after 'timeout' seconds."""
+    writers: list[asyncio.StreamWriter] = []
+
+    def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", port)
+    try:
+        backend = make_backend(smtp=f"smtp://127.0.0.1:{port}", timeout=0.5)
+        with pytest.raises(TemporaryFailure, match=r"(?i)timed out"):
+            await asyncio.wait_for(backend.send(make_item()), 10)
+        await backend.close()
+    finally:
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_burst_reuses_one_connection(server: Handler, port: int) -> None:
+    """Ten mails in a row go through one SMTP session instead of ten."""
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    for n in range(10):
+        await backend.send(make_item(n))
+    transport = backend.transport
+    await backend.close()
+    assert len(server.delivered) == 10
+    assert getattr(transport, "connections", None) == 1
+
+
+async def test_reconnects_when_the_server_restarted(port: int) -> None:
+    """A relay restarted between two mails does not cost a mail: the backend reconnects by itself."""
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    with smtp_server(port) as first:
+        await backend.send(make_item(1))
+    with smtp_server(port) as second:
+        await backend.send(make_item(2))
+    await backend.close()
+    assert len(first.delivered) == 1 and len(second.delivered) == 1
+
+
+async def test_injection_from_message_content_stays_inert(server: Handler, port: int) -> None:
+    """Content with '\\r\\nBcc: evil@x' adds no header and no recipient; it stays text in the subject."""
+    evil = "pwned\r\nBcc: evil@x.example\r\n\r\nbody"
+    item = make_item(
+        rule="rule\r\nBcc: evil@x.example",
+        topic="org.fedoraproject.prod.bodhi.update.comment\r\nBcc: evil@x.example",
+        rendered={"subject": evil, "text": evil, "html": "<p>x</p>"},
+        meta={
+            "link": "https://x.example/\r\nBcc: evil@x.example",
+            "usernames": [evil, "\nBcc: evil@x.example"],
+            "packages": [evil],
+        },
+    )
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    await backend.send(item)
+    await backend.close()
+    [got] = server.delivered
+    assert got.rcpt_tos == [TO]
+    mail = got.mail
+    assert mail["Bcc"] is None
+    assert "Bcc: evil" in mail["Subject"]  # harmless text on the one subject line
+    header_block = got.data.split(b"\r\n\r\n", 1)[0]
+    assert not any(line.lower().startswith(b"bcc:") for line in header_block.split(b"\r\n"))
+
+
+def test_the_email_policy_itself_refuses_a_header_with_a_line_break() -> None:
+    """Second line of defence: even unfolded content could not split a header."""
+    mail = EmailMessage(policy=SMTP)
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        mail["Subject"] = "hello\r\nBcc: evil@x.example"
+
+
+_HEADERS = {
+    "from", "to", "subject", "date", "message-id", "in-reply-to", "references", "list-id", "auto-submitted",
+    "precedence", "x-fedmsg-topic", "x-fedmsg-category", "x-fedmsg-username", "x-fedmsg-package",
+    "x-fedmsg-rule", "mime-version", "content-type", "content-transfer-encoding",
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    subject=st.text(),
+    users=st.lists(st.text(), max_size=15),
+    packages=st.lists(st.text(), max_size=25),
+    topic=st.text(min_size=1),
+    rule=st.text(min_size=1),
+    link=st.one_of(st.none(), st.text()),
+)
+def test_no_content_can_add_a_header(subject: str, users: list[str], packages: list[str], topic: str, rule: str,
+                                     link: str | None) -> None:
+    """For arbitrary content the mail serialises, parses back, and has only our headers, capped."""
+    item = make_item(
+        rule=rule, topic=topic,
+        rendered={"subject": subject, "text": subject, "html": ""},
+        meta={"link": link, "usernames": users, "packages": packages},
+    )
+    mail = compose(item, Sender.from_header(FROM), parse_address(TO, what="to"))
+    data = mail.as_bytes()
+    from email import message_from_bytes
+    from email.policy import default
+
+    parsed = message_from_bytes(data, policy=default)
+    assert {name.lower() for name in parsed} <= _HEADERS
+    assert parsed["To"] == TO and parsed["From"] == FROM
+    assert len(parsed.get_all("X-Fedmsg-Username") or []) <= 10
+    assert len(parsed.get_all("X-Fedmsg-Package") or []) <= 20
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+async def test_maildir_delivery_is_readable_by_mailbox(tmp_path: Path) -> None:
+    """'smtp: maildir:PATH' creates the Maildir and each mail is a normal message in it."""
+    path = tmp_path / "Mail" / "fedmsg"
+    backend = make_backend(smtp=f"maildir:{path}")
+    await backend.start()
+    await backend.send(make_item(1))
+    await backend.send(make_item(2))
+    await backend.close()
+    box = mailbox.Maildir(path, create=False)
+    mails = sorted(box, key=lambda m: str(m["Date"]))
+    assert len(mails) == 2
+    assert mails[0]["Subject"] == "[bodhi] ralph commented on update python-fedmsg-1.0-1.fc40"
+    assert mails[0]["X-Fedmsg-Package"] == "python-fedmsg"
+    assert mails[0].is_multipart()
+    assert b"\r\n" not in (path / "new" / next(iter(box.keys()))).read_bytes()
+
+
+async def test_unwritable_maildir_is_temporary(tmp_path: Path) -> None:
+    """A Maildir path that cannot be created keeps the mail queued with a reason naming the path."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    backend = make_backend(smtp=f"maildir:{blocker}/box")
+    with pytest.raises(TemporaryFailure, match="Maildir"):
+        await backend.send(make_item())
+
+
+async def test_a_digest_mail_names_every_service_and_the_true_count(server: Handler, port: int) -> None:
+    """A digest of 37 messages says so in its headers, lists each service, and does not join one object's thread."""
+    item = make_item(
+        count=37, service="bodhi",
+        rendered={"subject": "37 updates: bodhi, koji", "text": "1. ...", "html": "<ol><li>...</li></ol>"},
+        meta={"services": ["bodhi", "buildsys"], "usernames": ["ralph"], "packages": ["python-fedmsg", "koji"]},
+    )
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    await backend.send(item)
+    await backend.close()
+    mail = server.delivered[0].mail
+    assert mail["Subject"] == "37 updates: bodhi, koji"
+    assert mail.get_all("X-Fedmsg-Category") == ["bodhi", "buildsys"]
+    assert mail["X-Fedmsg-Count"] == "37"
+    assert mail["References"] is None
+
+
+def test_flood_summary_is_one_readable_mail() -> None:
+    """A coalesced flood becomes one mail naming the count per service and the subjects, HTML escaped."""
+    backend = make_backend(smtp="maildir:/tmp/unused")
+    items = [make_item(n) for n in range(3)] + [
+        make_item(9, service="buildsys", count=4, rendered={"subject": "<b>koji</b> build", "text": "", "html": ""})
+    ]
+    summary = backend.summarise(items)
+    assert summary["subject"] == "7 notifications: buildsys (4), bodhi (3)"
+    assert "1. [bodhi] ralph commented" in summary["text"]
+    assert "&lt;b&gt;koji&lt;/b&gt;" in summary["html"] and "<b>koji" not in summary["html"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"smtp": "http://mail.example.org"}, "expected smtp://host"),
+        ({"smtp": "smtp://"}, "no host"),
+        ({"smtp": "smtp://u:p@mail.example.org"}, "credentials"),
+        ({"smtp": "maildir:"}, "needs a path"),
+        ({"smtp": "smtp://mail.example.org", "from": "not an address"}, "one mail address"),
+        ({"smtp": "smtp://mail.example.org", "from": "a@x.org, b@x.org"}, "one mail address"),
+        ({"smtp": "smtp://mail.example.org", "username": "u", "password_file": "/p"}, "verified TLS"),
+        ({"smtp": "smtp://mail.example.org", "username": "u"}, "go together"),
+        ({"smtp": "smtp://mail.example.org", "starttls": "maybe"}, "opportunistic"),
+    ],
+)
+def test_account_mistakes_are_explained(options: dict[str, Any], message: str) -> None:
+    """A wrong account is refused with a message that says what to write instead."""
+    with pytest.raises(ValidationError, match=message):
+        EmailAccount.model_validate({"backend": "email", "from": FROM, **options})
+
+
+async def test_a_bad_recipient_is_permanent(server: Handler, port: int) -> None:
+    """A rule whose 'to' is not one address fails permanently with that address in the reason."""
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    with pytest.raises(PermanentFailure, match="evil"):
+        await backend.send(make_item(destination=Destination("mail", "a@x.org\r\nBcc: evil@x.example")))
+    await backend.close()
+    assert server.delivered == []
