@@ -145,15 +145,19 @@ async def test_mails_about_one_update_thread_together() -> None:
     assert by_package["References"] == by_package_too["References"] != one["References"]
 
 
-async def test_starttls_and_auth_with_a_password_file(port: int, server_tls: ssl.SSLContext, ca_file: Path,
-                                                     tmp_path: Path) -> None:
+async def test_starttls_and_auth_with_a_password_file(
+    port: int, server_tls: ssl.SSLContext, ca_file: Path, tmp_path: Path
+) -> None:
     """A relay that insists on STARTTLS and a login gets both, verified against the configured CA."""
     password = tmp_path / "smtp.password"
     password.write_text("s3cret-pw\n")
     with smtp_server(port, tls_context=server_tls, require_starttls=True, users={"notifier": "s3cret-pw"}) as srv:
         backend = make_backend(
-            smtp=f"smtp://localhost:{port}", starttls="required", ca_file=str(ca_file),
-            username="notifier", password_file=str(password),
+            smtp=f"smtp://localhost:{port}",
+            starttls="required",
+            ca_file=str(ca_file),
+            username="notifier",
+            password_file=str(password),
         )
         await backend.start()
         await backend.send(make_item())
@@ -171,8 +175,11 @@ async def test_a_refused_login_is_retried_and_never_shows_the_password(
     password.write_text("wrong-horse-battery\n")
     with smtp_server(port, tls_context=server_tls, require_starttls=True, users={"notifier": "right"}) as srv:
         backend = make_backend(
-            smtp=f"smtp://localhost:{port}", starttls="required", ca_file=str(ca_file),
-            username="notifier", password_file=str(password),
+            smtp=f"smtp://localhost:{port}",
+            starttls="required",
+            ca_file=str(ca_file),
+            username="notifier",
+            password_file=str(password),
         )
         with pytest.raises(TemporaryFailure) as failure:
             await backend.send(make_item())
@@ -227,8 +234,9 @@ async def test_opportunistic_starttls_encrypts_when_offered(port: int, server_tl
     ("stage", "reply"),
     [("RCPT", "421 4.3.2 Service shutting down"), ("DATA", "451 4.3.0 Greylisted, try again later")],
 )
-async def test_4xx_replies_are_temporary_then_delivered_once(server: Handler, port: int, stage: str,
-                                                             reply: str) -> None:
+async def test_4xx_replies_are_temporary_then_delivered_once(
+    server: Handler, port: int, stage: str, reply: str
+) -> None:
     """A greylisting or busy server is retried, and the mail arrives exactly once when it accepts."""
     server.fail(stage, reply, times=2)
     backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
@@ -252,8 +260,9 @@ async def test_5xx_is_permanent_with_the_servers_text(server: Handler, port: int
     await backend.send(make_item(2))  # the next mail still goes through on a fresh session
     await backend.close()
     assert "550 5.1.1" in failure.value.reason and "User unknown" in failure.value.reason
-    assert [d.mail["Message-ID"] for d in server.delivered] == [compose(
-        make_item(2), Sender.from_header(FROM), parse_address(TO, what="to"))["Message-ID"]]
+    assert [d.mail["Message-ID"] for d in server.delivered] == [
+        compose(make_item(2), Sender.from_header(FROM), parse_address(TO, what="to"))["Message-ID"]
+    ]
 
 
 async def test_connection_refused_is_temporary(port: int) -> None:
@@ -340,9 +349,24 @@ def test_the_email_policy_itself_refuses_a_header_with_a_line_break() -> None:
 
 
 _HEADERS = {
-    "from", "to", "subject", "date", "message-id", "in-reply-to", "references", "list-id", "auto-submitted",
-    "precedence", "x-fedmsg-topic", "x-fedmsg-category", "x-fedmsg-username", "x-fedmsg-package",
-    "x-fedmsg-rule", "mime-version", "content-type", "content-transfer-encoding",
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "auto-submitted",
+    "precedence",
+    "x-fedmsg-topic",
+    "x-fedmsg-category",
+    "x-fedmsg-username",
+    "x-fedmsg-package",
+    "x-fedmsg-rule",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
 }
 
 
@@ -355,11 +379,13 @@ _HEADERS = {
     rule=st.text(min_size=1),
     link=st.one_of(st.none(), st.text()),
 )
-def test_no_content_can_add_a_header(subject: str, users: list[str], packages: list[str], topic: str, rule: str,
-                                     link: str | None) -> None:
+def test_no_content_can_add_a_header(
+    subject: str, users: list[str], packages: list[str], topic: str, rule: str, link: str | None
+) -> None:
     """For arbitrary content the mail serialises, parses back, and has only our headers, capped."""
     item = make_item(
-        rule=rule, topic=topic,
+        rule=rule,
+        topic=topic,
         rendered={"subject": subject, "text": subject, "html": ""},
         meta={"link": link, "usernames": users, "packages": packages},
     )
@@ -405,7 +431,8 @@ async def test_unwritable_maildir_is_temporary(tmp_path: Path) -> None:
 async def test_a_digest_mail_names_every_service_and_the_true_count(server: Handler, port: int) -> None:
     """A digest of 37 messages says so in its headers, lists each service, and does not join one object's thread."""
     item = make_item(
-        count=37, service="bodhi",
+        count=37,
+        service="bodhi",
         rendered={"subject": "37 updates: bodhi, koji", "text": "1. ...", "html": "<ol><li>...</li></ol>"},
         meta={"services": ["bodhi", "buildsys"], "usernames": ["ralph"], "packages": ["python-fedmsg", "koji"]},
     )
