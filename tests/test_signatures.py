@@ -1,0 +1,585 @@
+"""fedmsg x509 signatures: interop with the real fedmsg (own virtualenv), every refusal reason, config.
+
+The PKI is generated here with ``cryptography`` (one CA, good/expired/revoked/future
+certificates, a second CA, a forger reusing the CA's name); fedmsg's own shipped test PKI
+is used too. Signing and validating on fedmsg's side run in the fedmsg virtualenv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from fedmsg_notify.bus import Subscriber
+from fedmsg_notify.config import load_config
+from fedmsg_notify.envelope import Message, build_envelope
+from fedmsg_notify.signatures import (
+    SignatureConfigError,
+    SignatureSettings,
+    Signer,
+    Verifier,
+    settings_from_fedmsg,
+)
+from fedmsg_notify.yaml_positions import ProblemsError
+
+TOPIC = "org.fedoraproject.dev.bodhi.update.comment"
+NOW = dt.datetime.now(dt.UTC)
+DAY = dt.timedelta(days=1)
+BODY = {"comment": {"text": "works for me ✓", "user": {"name": "ralph"}}, "agent": "ralph"}
+
+SIGN = """
+import json, sys, fedmsg.crypto
+for line in sys.stdin:
+    req = json.loads(line)
+    signed = fedmsg.crypto.sign(req["message"], ssldir=req["ssldir"], certname=req["certname"], crypto_backend="x509")
+    print(json.dumps(signed), flush=True)
+"""
+
+VALIDATE = """
+import json, sys, logging, fedmsg.crypto
+logging.basicConfig(level=logging.CRITICAL)
+for line in sys.stdin:
+    req = json.loads(line)
+    print(json.dumps(bool(fedmsg.crypto.validate(req["message"], **req["config"]))), flush=True)
+"""
+
+
+# -- a PKI made for these tests ------------------------------------------------------------
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedmsg-notify tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@dataclass
+class Issued:
+    cert: x509.Certificate
+    key: Any
+
+    def write(self, directory: Path, name: str) -> tuple[Path, Path]:
+        crt, key = directory / f"{name}.crt", directory / f"{name}.key"
+        crt.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(
+            self.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return crt, key
+
+
+def make_ca(cn: str, *, before: dt.datetime = NOW - DAY, after: dt.datetime = NOW + 365 * DAY) -> Issued:
+    key = _rsa()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(before)
+        .not_valid_after(after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def issue(
+    ca: Issued,
+    cn: str,
+    *,
+    serial: int | None = None,
+    before: dt.datetime = NOW - DAY,
+    after: dt.datetime = NOW + 30 * DAY,
+    key: Any = None,
+    issuer_name: x509.Name | None = None,
+) -> Issued:
+    key = key or _rsa()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_name or ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(serial or x509.random_serial_number())
+        .not_valid_before(before)
+        .not_valid_after(after)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def make_crl(ca: Issued, serials: list[int], *, next_update: dt.datetime = NOW + 30 * DAY) -> bytes:
+    builder = x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+    builder = builder.last_update(NOW - DAY).next_update(next_update)
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW - DAY).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class Pki:
+    dir: Path
+    ca: Path
+    crl: Path
+    other_ca: Path
+    stale_crl: Path
+    expired_ca: Path
+    signers: dict[str, str]  # role -> certname (files <certname>.crt/.key in dir)
+
+    def settings(self, **changes: Any) -> SignatureSettings:
+        base: dict[str, Any] = {"validate": True, "ca_cert": self.ca, "crl": self.crl}
+        base.update(changes)
+        return SignatureSettings(**base)
+
+    def signer(self, role: str) -> Signer:
+        name = self.signers[role]
+        return Signer(self.dir / f"{name}.crt", self.dir / f"{name}.key")
+
+
+REVOKED_SERIAL = 0x5EC0DE
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = make_ca("fedmsg test CA")
+    other = make_ca("some other CA")
+    old_ca = make_ca("fedmsg test CA", before=NOW - 400 * DAY, after=NOW - 30 * DAY)
+    roles = {
+        "good": issue(ca, "bodhi-app01.example.org"),
+        "koji": issue(ca, "koji-hub01.example.org"),
+        "expired": issue(ca, "bodhi-old.example.org", before=NOW - 60 * DAY, after=NOW - DAY),
+        "future": issue(ca, "bodhi-new.example.org", before=NOW + 10 * DAY, after=NOW + 40 * DAY),
+        "revoked": issue(ca, "bodhi-stolen.example.org", serial=REVOKED_SERIAL),
+        "wrong-ca": issue(other, "bodhi-app01.example.org"),
+        # Claims the real CA's name but is signed by another key: only the signature check catches it.
+        "forged-issuer": issue(other, "bodhi-app01.example.org", issuer_name=ca.cert.subject),
+        "under-expired-ca": issue(old_ca, "bodhi-app01.example.org", before=NOW - 60 * DAY, after=NOW + 30 * DAY),
+        "ec": issue(ca, "ec-host.example.org", key=ec.generate_private_key(ec.SECP256R1())),
+    }
+    signers = {}
+    for role, issued in roles.items():
+        issued.write(directory, role)
+        signers[role] = role
+    ca_path, other_path, old_path = directory / "ca.crt", directory / "other-ca.crt", directory / "expired-ca.crt"
+    ca.write(directory, "ca")
+    other.write(directory, "other-ca")
+    old_ca.write(directory, "expired-ca")
+    crl = directory / "crl.pem"
+    crl.write_bytes(make_crl(ca, [REVOKED_SERIAL]))
+    stale = directory / "stale-crl.pem"
+    stale.write_bytes(make_crl(ca, [REVOKED_SERIAL], next_update=NOW - DAY))
+    return Pki(directory, ca_path, crl, other_path, stale, old_path, signers)
+
+
+def unsigned(topic: str = TOPIC, body: Any = None) -> dict[str, Any]:
+    return build_envelope(topic, BODY if body is None else body, i=1, username="apache")
+
+
+def run_fedmsg(fedmsg_python: str, script: str, requests: list[dict[str, Any]]) -> list[Any]:
+    """Run ``script`` under the real fedmsg with one JSON request per stdin line; one JSON answer per line."""
+    proc = subprocess.run(
+        [fedmsg_python, "-c", script],
+        input="".join(json.dumps(r) + "\n" for r in requests),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == len(requests), proc.stderr
+    return answers
+
+
+@pytest.fixture(scope="session")
+def fedmsg_signed(pki: Pki, fedmsg_python: str) -> dict[str, dict[str, Any]]:
+    """One message signed by the real ``fedmsg.crypto.sign`` with each role's certificate."""
+    roles = [r for r in pki.signers if r != "ec"]  # fedmsg signs with PKCS#1 v1.5: RSA only
+    answers = run_fedmsg(
+        fedmsg_python,
+        SIGN,
+        [{"message": unsigned(), "ssldir": str(pki.dir), "certname": pki.signers[r]} for r in roles],
+    )
+    return dict(zip(roles, answers, strict=True))
+
+
+# -- interop with the real fedmsg ----------------------------------------------------------
+
+
+def test_message_signed_by_real_fedmsg_verifies(pki: Pki, fedmsg_signed: dict[str, dict[str, Any]]) -> None:
+    """A message a fedmsg service signed is accepted, with the certificate's name as signer."""
+    envelope = fedmsg_signed["good"]
+    assert envelope["crypto"] == "x509" and envelope["signature"].endswith("\n")
+    verdict = Verifier(pki.settings()).check(envelope)
+    assert verdict.ok, verdict
+    assert verdict.signer == "bodhi-app01.example.org"
+
+
+def test_our_signature_is_byte_identical_to_fedmsg(pki: Pki, fedmsg_signed: dict[str, dict[str, Any]]) -> None:
+    """Our signer produces exactly what fedmsg.crypto.sign produces, line-wrapping included."""
+    theirs = fedmsg_signed["good"]
+    base = {k: v for k, v in theirs.items() if k not in ("crypto", "signature", "certificate")}
+    assert pki.signer("good")(base) == theirs
+
+
+def test_shipped_fedmsg_test_pki(fedmsg_python: str) -> None:
+    """fedmsg's own test CA, CRL and host certificates work unchanged: good host accepted, revoked one refused."""
+    found = list(Path(fedmsg_python).parent.parent.glob("lib/python*/site-packages/fedmsg/tests/test_certs/keys"))
+    assert found, "the fedmsg wheel's test PKI is missing"
+    keys = found[0]
+    good, revoked = run_fedmsg(
+        fedmsg_python,
+        SIGN,
+        [
+            {"message": unsigned(), "ssldir": str(keys), "certname": name}
+            for name in ("bodhi-app01.phx2.fedoraproject.org", "dummy-revoked")
+        ],
+    )
+    verifier = Verifier(SignatureSettings(validate=True, ca_cert=keys / "ca.crt", crl=keys / "crl.pem"))
+    assert verifier.check(good).ok
+    assert verifier.check(revoked).reason == "revoked"
+
+
+@pytest.mark.parametrize(
+    ("role", "reason"),
+    [
+        ("wrong-ca", "untrusted-certificate"),
+        ("forged-issuer", "untrusted-certificate"),
+        ("revoked", "revoked"),
+        ("expired", "certificate-expired"),
+        ("future", "certificate-not-yet-valid"),
+        ("under-expired-ca", "untrusted-certificate"),
+    ],
+)
+def test_bad_certificates_fail_with_their_reason(
+    pki: Pki, fedmsg_signed: dict[str, dict[str, Any]], role: str, reason: str
+) -> None:
+    """A fedmsg-signed message whose certificate is untrusted, revoked or out of date is refused, saying why."""
+    verdict = Verifier(pki.settings()).check(fedmsg_signed[role])
+    assert not verdict.ok
+    assert verdict.reason == reason, verdict
+
+
+def test_expired_ca_refuses_everything(pki: Pki, fedmsg_signed: dict[str, dict[str, Any]]) -> None:
+    """When the configured CA itself has expired, even its own certificates are refused as 'ca-expired'."""
+    verdict = Verifier(pki.settings(ca_cert=pki.expired_ca, crl=None)).check(fedmsg_signed["under-expired-ca"])
+    assert verdict.reason == "ca-expired", verdict
+
+
+def test_stale_crl_refuses_everything(pki: Pki, fedmsg_signed: dict[str, dict[str, Any]]) -> None:
+    """As in fedmsg (OpenSSL), a CRL past its next-update date refuses messages instead of trusting stale data."""
+    verdict = Verifier(pki.settings(crl=pki.stale_crl)).check(fedmsg_signed["good"])
+    assert verdict.reason == "crl-expired", verdict
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda e: e["msg"]["comment"].update(text="works for me, ship it"), "bad-signature"),
+        (lambda e: e.update(topic=TOPIC.replace("bodhi", "koji")), "bad-signature"),
+        (lambda e: e.update(timestamp=e["timestamp"] + 1), "bad-signature"),
+        (lambda e: e.update(crypto="gpg"), "unsupported-crypto"),
+        (lambda e: e.pop("signature"), "unsigned"),
+        (lambda e: e.pop("certificate"), "unsigned"),
+        (lambda e: e.update(signature=e["signature"][:-10] + "\n"), "bad-encoding"),
+        (lambda e: e.update(certificate="bm90IGEgY2VydGlmaWNhdGU=\n"), "bad-encoding"),
+        (lambda e: e.update(signature=12), "bad-encoding"),
+    ],
+    ids=["body", "topic", "timestamp", "gpg", "no-signature", "no-certificate", "truncated", "garbage-cert", "not-str"],
+)
+def test_tampered_messages_fail_with_their_reason(
+    pki: Pki, fedmsg_signed: dict[str, dict[str, Any]], change: Callable[[dict[str, Any]], Any], reason: str
+) -> None:
+    """Any change to a signed message after signing, or broken credentials, is refused with the matching reason."""
+    envelope = json.loads(json.dumps(fedmsg_signed["good"]))
+    change(envelope)
+    verdict = Verifier(pki.settings()).check(envelope)
+    assert not verdict.ok
+    assert verdict.reason == reason, verdict
+
+
+def test_unsigned_message_is_refused(pki: Pki) -> None:
+    """A message with no signature at all is refused as 'unsigned' when validation is on."""
+    verdict = Verifier(pki.settings()).check(unsigned())
+    assert (verdict.ok, verdict.reason) == (False, "unsigned")
+
+
+def test_routing_policy(pki: Pki, fedmsg_signed: dict[str, dict[str, Any]]) -> None:
+    """fedmsg's routing_policy: listed topics need a listed sender; unlisted topics pass unless nitpicky."""
+    envelope = fedmsg_signed["good"]
+    allowed = pki.settings(routing_policy={TOPIC: ("bodhi-app01.example.org",)})
+    others = pki.settings(routing_policy={TOPIC: ("koji-hub01.example.org",)})
+    elsewhere = {"org.fedoraproject.dev.koji.build": ("koji-hub01.example.org",)}
+    assert Verifier(allowed).check(envelope).ok
+    refused = Verifier(others).check(envelope)
+    assert refused.reason == "routing-policy" and "bodhi-app01.example.org" in refused.detail
+    assert Verifier(pki.settings(routing_policy=elsewhere)).check(envelope).ok
+    nitpicky = Verifier(pki.settings(routing_policy=elsewhere, routing_nitpicky=True)).check(envelope)
+    assert nitpicky.reason == "routing-policy"
+
+
+def test_our_signed_messages_pass_fedmsg_validate(pki: Pki, fedmsg_python: str) -> None:
+    """fedmsg.crypto.validate accepts what our signer produced and rejects it once tampered or off-policy."""
+    signed = pki.signer("good")(unsigned())
+    tampered = json.loads(json.dumps(signed))
+    tampered["msg"]["agent"] = "mallory"
+    config = {"ca_cert_location": str(pki.ca), "crl_location": str(pki.crl)}
+    policy = dict(config, routing_policy={TOPIC: ["koji-hub01.example.org"]})
+    answers = run_fedmsg(
+        fedmsg_python,
+        VALIDATE,
+        [
+            {"message": signed, "config": config},
+            {"message": tampered, "config": config},
+            {"message": pki.signer("revoked")(unsigned()), "config": config},
+            {"message": signed, "config": policy},
+        ],
+    )
+    assert answers == [True, False, False, False]
+
+
+def test_publish_cli_signs_for_validating_fedmsg_consumers(pki: Pki, endpoint: str, fedmsg_python: str) -> None:
+    """`fedmsg-notify publish --cert --key` sends messages that fedmsg.crypto.validate accepts and we verify."""
+    crt, key = pki.dir / "good.crt", pki.dir / "good.key"
+
+    async def receive() -> Message:
+        subscriber = Subscriber([endpoint])
+        try:
+            publisher = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "fedmsg_notify", "publish", "--endpoint", endpoint, "--topic", TOPIC,
+                "--msg", json.dumps(BODY), "--cert", str(crt), "--key", str(key), "--wait", "5",
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                message = await anext(subscriber.messages())
+            _, stderr = await publisher.communicate()
+            assert publisher.returncode == 0, stderr
+            return message
+        finally:
+            subscriber.close()
+
+    message = asyncio.run(receive())
+    assert Verifier(pki.settings()).check(message.envelope).ok
+    config = {"ca_cert_location": str(pki.ca), "crl_location": str(pki.crl)}
+    assert run_fedmsg(fedmsg_python, VALIDATE, [{"message": message.envelope, "config": config}]) == [True]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--cert", "good.crt"], "--cert and --key go together"),
+        (["--cert", "good.crt", "--key", "koji.key"], "does not belong to the certificate"),
+        (["--cert", "good.crt", "--key", "missing.key"], "cannot read the private key"),
+        (["--cert", "crl.pem", "--key", "good.key"], "not a PEM X.509 certificate"),
+    ],
+)
+def test_publish_cli_signing_errors(pki: Pki, args: list[str], error: str, endpoint: str) -> None:
+    """Bad --cert/--key arguments stop publish with a message naming the problem, before anything is sent."""
+    argv = [a if a.startswith("--") else str(pki.dir / a) for a in args]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedmsg_notify",
+            "publish",
+            "--endpoint",
+            endpoint,
+            "--topic",
+            TOPIC,
+            "--msg",
+            "{}",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert error in proc.stderr
+    assert "PRIVATE KEY" not in proc.stderr
+
+
+# -- policy: drop or mark, counting, caching ---------------------------------------------
+
+
+def test_admit_drops_or_marks_and_counts(
+    pki: Pki, fedmsg_signed: dict[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Invalid messages are dropped (or delivered marked unverified), logged with the reason and counted."""
+    good = Message.from_envelope(fedmsg_signed["good"])
+    forged = Message.from_envelope(fedmsg_signed["wrong-ca"])
+    bare = Message.from_envelope(unsigned())
+    dropper = Verifier(pki.settings())
+    assert [dropper.admit(m) for m in (good, forged, bare, bare)] == [True, False, False, False]
+    assert good.verified is True and forged.verified is False
+    assert dropper.rejected == {"untrusted-certificate": 1, "unsigned": 2}
+    assert dropper.counts["ok"] == 1
+    assert f"{forged.msg_id}" in caplog.text and "untrusted-certificate" in caplog.text and "dropped" in caplog.text
+
+    marker = Verifier(pki.settings(on_invalid="mark"))
+    assert marker.admit(forged) is True
+    assert forged.verified is False
+
+
+def test_log_is_rate_limited_per_reason(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of unsigned messages produces a handful of log lines, not one per message."""
+    verifier = Verifier(pki.settings())
+    message = Message.from_envelope(unsigned())
+    for _ in range(2000):
+        verifier.admit(message)
+    assert verifier.rejected == {"unsigned": 2000}
+    assert 5 <= len(caplog.records) <= 8
+
+
+def test_certificates_are_checked_once(pki: Pki, fedmsg_signed: dict[str, dict[str, Any]]) -> None:
+    """Many messages from one sender reuse one cached certificate check, whatever the base64 line layout."""
+    verifier = Verifier(pki.settings())
+    envelope = dict(fedmsg_signed["good"])
+    for _ in range(50):
+        assert verifier.check(envelope).ok
+    envelope["certificate"] = envelope["certificate"].replace("\n", "")
+    assert verifier.check(envelope).ok
+    assert len(verifier._cache) == 1
+
+
+def test_ec_certificate_is_refused_cleanly(pki: Pki) -> None:
+    """A certificate with a non-RSA key cannot carry a fedmsg signature and is refused, not crashed on."""
+    envelope = pki.signer("good")(unsigned())
+    ec_pem = (pki.dir / "ec.crt").read_bytes()
+    from fedmsg_notify.signatures import wrap_b64
+
+    envelope["certificate"] = wrap_b64(ec_pem)
+    assert Verifier(pki.settings()).check(envelope).reason == "bad-signature"
+    with pytest.raises(SignatureConfigError, match="RSA"):
+        Signer(pki.dir / "ec.crt", pki.dir / "ec.key")
+
+
+def test_unusable_ca_or_crl_is_a_clear_error(pki: Pki, tmp_path: Path) -> None:
+    """A missing CA file, a non-CA, or a CRL from another CA is refused at startup with the file named."""
+    with pytest.raises(SignatureConfigError, match="cannot read the CA certificate"):
+        Verifier(pki.settings(ca_cert=tmp_path / "nope.crt"))
+    with pytest.raises(SignatureConfigError, match="CRL is not signed by the configured CA"):
+        Verifier(pki.settings(ca_cert=pki.other_ca))
+    with pytest.raises(SignatureConfigError, match="not a PEM certificate revocation list"):
+        Verifier(pki.settings(crl=pki.ca))
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def test_signatures_section_in_config(pki: Pki, tmp_path: Path) -> None:
+    """The `signatures:` section is loaded with paths relative to the config file."""
+    (tmp_path / "pki").symlink_to(pki.dir)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "signatures:\n"
+        "  ca_cert: pki/ca.crt\n"
+        "  crl: pki/crl.pem\n"
+        "  routing_policy: {org.fedoraproject.prod.bodhi.update.comment: [bodhi-app01.example.org]}\n"
+        "  routing_nitpicky: true\n"
+        "  on_invalid: mark\n"
+    )
+    settings = load_config(config).signatures
+    assert settings.validate and settings.on_invalid == "mark" and settings.routing_nitpicky
+    assert settings.ca_cert == tmp_path / "pki" / "ca.crt"
+    assert settings.crl == tmp_path / "pki" / "crl.pem"
+    assert settings.routing_policy == {"org.fedoraproject.prod.bodhi.update.comment": ("bodhi-app01.example.org",)}
+    assert not load_config(tmp_path / "none.yaml", "bus: {}\n").signatures.validate
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("signatures: {validate: true}\n", "1:13: signatures: validation needs 'ca_cert"),
+        ("signatures:\n  ca_cert: missing.crt\n", "2:12: "),
+        ("signatures:\n  ca_cert: {pki}/ca.crt\n  crl: {pki}/other-ca.crt\n", "3:8: "),
+        ("signatures: {ca_cert: x, on_invalid: deliver}\n", "signatures.on_invalid: expected 'drop' or 'mark'"),
+        ("signatures: {ca_cert: x, validte: true}\n", "did you mean 'validate'"),
+    ],
+)
+def test_signatures_config_errors(pki: Pki, tmp_path: Path, text: str, expected: str) -> None:
+    """Signature settings that cannot work are reported at file:line:col, naming what is wrong."""
+    config = tmp_path / "config.yaml"
+    config.write_text(text.replace("{pki}", str(pki.dir)))
+    with pytest.raises(ProblemsError) as caught:
+        load_config(config)
+    assert any(expected in str(p) for p in caught.value.problems), [str(p) for p in caught.value.problems]
+
+
+def test_settings_from_fedmsg_d(pki: Pki, tmp_path: Path) -> None:
+    """An existing fedmsg.d with validate_signatures and local CA/CRL files is honoured by the daemon's config."""
+    fedmsg_d = tmp_path / "fedmsg.d"
+    fedmsg_d.mkdir()
+    (fedmsg_d / "ssl.py").write_text(
+        "config = dict(\n"
+        "    validate_signatures=True,\n"
+        f"    ca_cert_location={str(pki.ca)!r},\n"
+        f"    crl_location={str(pki.crl)!r},\n"
+        "    routing_nitpicky=True,\n"
+        "    routing_policy={'org.fedoraproject.prod.bodhi.update': ['bodhi-app01.example.org']},\n"
+        ")\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"bus: {{fedmsg_config: {fedmsg_d}}}\n")
+    settings = load_config(config).signatures
+    assert settings.validate and settings.routing_nitpicky
+    assert (settings.ca_cert, settings.crl) == (pki.ca, pki.crl)
+    assert settings.routing_policy == {"org.fedoraproject.prod.bodhi.update": ("bodhi-app01.example.org",)}
+
+
+@pytest.mark.parametrize(
+    ("fedmsg", "error"),
+    [
+        ({"validate_signatures": True}, "ca_cert_location is not set"),
+        ({"validate_signatures": True, "ca_cert_location": "https://fedoraproject.org/fedmsg/ca.crt"}, "remote URL"),
+        (
+            {"validate_signatures": True, "ca_cert_location": "/ca.crt", "crl_location": "https://x/crl.pem"},
+            "crl_location is a remote URL",
+        ),
+        ({"validate_signatures": True, "ca_cert_location": "/ca.crt", "crypto_backend": "gpg"}, "only x509"),
+        (
+            {"validate_signatures": True, "ca_cert_location": "/ca.crt", "routing_policy": {"t": "name"}},
+            "list of certificate names",
+        ),
+    ],
+)
+def test_fedmsg_d_settings_errors(fedmsg: dict[str, Any], error: str) -> None:
+    """fedmsg.d signature settings we cannot honour (remote URLs, gpg, bad policy) are errors that say why."""
+    with pytest.raises(SignatureConfigError, match=error):
+        settings_from_fedmsg(fedmsg, source="/etc/fedmsg.d")
+
+
+def test_fedmsg_d_remote_url_reported_in_config(tmp_path: Path) -> None:
+    """With fedmsg's default remote CA URL, loading our config fails pointing at fedmsg_config."""
+    fedmsg_d = tmp_path / "fedmsg.d"
+    fedmsg_d.mkdir()
+    (fedmsg_d / "ssl.py").write_text(
+        "config = dict(validate_signatures=True, ca_cert_location='https://fedoraproject.org/fedmsg/ca.crt')\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"bus:\n  fedmsg_config: {fedmsg_d}\n")
+    with pytest.raises(ProblemsError) as caught:
+        load_config(config)
+    assert "config.yaml:2:18:" in str(caught.value.problems[0]) and "remote URL" in str(caught.value.problems[0])
