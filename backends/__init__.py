@@ -43,6 +43,16 @@ def backend_names() -> list[str]:
 
 def backend_class(name: str) -> type[Backend]:
     """The class registered under ``name``; :class:`KeyError` if there is none."""
+    if ":" in name:
+        # A dotted path (``package.module:Class``): third-party and test backends that are
+        # not registered. Import failures read as "unknown backend" to the config check.
+        target = name
+        try:
+            module = importlib.import_module(target.partition(":")[0])
+            found: type[Backend] = getattr(module, target.partition(":")[2])
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise KeyError(name) from exc
+        return found
     target = _registry()[name]
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
