@@ -46,7 +46,7 @@ from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.lexer import TOKEN_BLOCK_BEGIN, TOKEN_NAME, Token, TokenStream
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, modifies_known_mutable
 from markupsafe import Markup
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     # Intercepted operators are also excluded from compile-time constant folding,
     # so the limits hold for literals in the template as well.
     intercepted_binops = frozenset({"*", "**", "+"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # For JSON objects ``.name`` means the field: ``body.update.title`` of a bodhi
+        # message must not resolve to dict.update (which the sandbox would then refuse).
+        if isinstance(obj, dict):
+            if attribute in obj:
+                return obj[attribute]
+            if modifies_known_mutable(obj, attribute):
+                # A missing field, not a sandbox escape: report it as one.
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
