@@ -15,7 +15,7 @@ A service file looks like::
       update: body.update or body.comment.update
     defaults:                      # fields every topic of the service shares
       link: '"https://bodhi.fedoraproject.org/updates/" ~ update.alias'
-    topics:                        # first matching pattern wins (exact names first)
+    topics:                        # exact names first, then the most specific glob
       update.comment:
         subtitle: 'agent ~ " commented on " ~ update.title'
       "update.request.*":
@@ -174,12 +174,21 @@ def email_address(value: Any) -> str | None:
     return address or None
 
 
+def email_name(value: Any) -> str | None:
+    """``"Jane Doe" <jane@example.org>`` → ``Jane Doe`` (the address when there is no name)."""
+    if not isinstance(value, str) or not value:
+        return None
+    name, address = parseaddr(value)
+    return name or address or None
+
+
 def _startswith(value: Any, prefix: str) -> bool:
     return isinstance(value, str) and value.startswith(prefix)
 
 
 FILTERS: dict[str, Callable[..., Any]] = {
     "email_address": email_address,
+    "email_name": email_name,
     "fas_user": fas_user,
     "nvr_name": nvr_name,
     "compact": compact,
@@ -364,6 +373,8 @@ def _compile_service(
             exact.setdefault(pattern, entry)
     if problems:
         return None, problems
+    # The most specific pattern wins: more literal characters first, file order breaks ties.
+    globs.sort(key=lambda item: -len(item[0].replace("*", "").replace("?", "")))
     return CompiledService(names_, doc.file, spec.icon, exact, globs, fallback), []
 
 
