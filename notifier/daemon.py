@@ -1,97 +1,330 @@
-"""The daemon: bus -> decode -> meta -> match -> render -> deliver (foundation version)."""
+"""The daemon: wires the stages together and runs their lifecycle.
+
+    bus ─▶ intake (meta, rules, render; one transaction per batch) ─▶ outbox (SQLite)
+        ─▶ digest scheduler ─▶ outbox
+        ─▶ one worker per destination (coalesce, pace, send, retry) ─▶ backend
+
+Each stage lives in its own module (``intake``, ``outbox``, ``digest``, ``workers``,
+``coalesce``, ``pacing``, ``retry``); this one only starts, reloads and stops them.
+
+Signals: ``SIGHUP`` reloads config, rules and templates atomically — the new set is
+built completely first, and if anything in it is invalid the errors are logged and the
+old set keeps running. ``SIGTERM``/``SIGINT`` stop intake, give sends in flight
+``shutdown_timeout`` seconds, and leave everything else queued in the store for the
+next start. systemd hears about all of it through sd_notify (:mod:`systemd`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fedmsg_notify.backend import Backend, DeliveryError, Item
+from fedmsg_notify import systemd
+from fedmsg_notify.backend import Destination
 from fedmsg_notify.bus import Subscriber
-from fedmsg_notify.config import Config
+from fedmsg_notify.clock import Clock
+from fedmsg_notify.coalesce import Coalescer
+from fedmsg_notify.config import Config, load_config
+from fedmsg_notify.digest import DigestScheduler, joined_parts
 from fedmsg_notify.envelope import Message
-from fedmsg_notify.meta import compute_meta
+from fedmsg_notify.intake import Pipeline, accept_batch
+from fedmsg_notify.meta import MetaEngine
+from fedmsg_notify.outbox import DigestEntry, Outbox
 from fedmsg_notify.render import Renderer
-from fedmsg_notify.rules import RuleSet
+from fedmsg_notify.retry import RetryPolicy
+from fedmsg_notify.rules import Route, Rule, RuleSet
+from fedmsg_notify.workers import BackendHandle, DestinationWorker
+from fedmsg_notify.yaml_positions import ProblemsError
 
 log = logging.getLogger(__name__)
 
+COUNTERS_EVERY = 30.0
+PRUNE_EVERY = 3600.0
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """Rules, templates and metadata for ``config``; raises :class:`ProblemsError` if any is invalid."""
+    return Pipeline(
+        rules=RuleSet.load(config.rule_paths, config.accounts),
+        renderer=Renderer(config.template_paths),
+        meta=MetaEngine(config.service_paths).compute,
+        backends={name: account.backend for name, account in config.accounts.items()},
+    )
+
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        coalescer: Coalescer | None = None,
+        send_timeout: float = 30.0,
+        shutdown_timeout: float = 10.0,
+        window: int = 100,
+    ) -> None:
         self.config = config
-        self.rules = RuleSet.load(config.rule_paths, config.accounts)
-        self.renderer = Renderer(config.template_paths)
-        self.backends: dict[str, Backend] = {
-            name: account.backend(name, account.options) for name, account in config.accounts.items()
+        self.clock = clock or Clock()
+        self.policy = policy or RetryPolicy()
+        self.coalescer = coalescer if coalescer is not None else Coalescer()
+        self.send_timeout = send_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.window = window
+        self.pipeline = build_pipeline(config)
+        self.handles: dict[str, BackendHandle] = {
+            name: BackendHandle(account.backend(name, account.options), self.clock)
+            for name, account in config.accounts.items()
         }
+        self.store: Outbox | None = None
         self.subscriber: Subscriber | None = None
+        self.workers: dict[str, DestinationWorker] = {}
+        self.digests: DigestScheduler | None = None
+        self.reloads = 0
         self._stop = asyncio.Event()
-        self._counter = 0
+        self._saved_malformed: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- public --------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Stop intake and shut down (what SIGTERM does)."""
         self._stop.set()
 
-    async def handle(self, message: Message) -> None:
-        meta = compute_meta(message)
-        for route in self.rules.routes(message, meta):
-            backend = self.backends[route.destination.account]
-            rendered = self.renderer.render(type(backend), message, meta, route)
-            self._counter += 1
-            item = Item(
-                id=self._counter,
-                msg_id=message.msg_id,
-                destination=route.destination,
-                rule=route.rule.name,
-                topic=message.topic,
-                service=message.service,
-                rendered=rendered,
-                meta=meta.as_dict(),
-                timestamp=message.timestamp,
-            )
-            try:
-                await backend.send(item)
-            except DeliveryError as exc:
-                log.warning("delivery of %s to %s failed: %s", message.msg_id, route.destination, exc.reason)
-
-    async def _consume(self) -> None:
-        assert self.subscriber is not None
-        async for batch in self.subscriber.batches():
-            for message in batch:
-                await self.handle(message)
-
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
-        for backend in self.backends.values():
-            await backend.start()
+        self._install_signals()
+        self.store = store = Outbox(self.config.state_path)
+        pruned = store.prune(self.clock.time())
+        if pruned:
+            log.info("pruned %d finished rows older than the retention", pruned)
+        await self._start_backends(self.handles.values())
+        for destination in store.pending_destinations():
+            self.worker(destination)
+        self.digests = DigestScheduler(store, self._render_digest, lambda d: self.worker(d).notify(), clock=self.clock)
+        self._spawn(self.digests.run(), "digests")
         self.subscriber = Subscriber(
             self.config.endpoints,
             self.config.subscribe,
             max_bytes=self.config.max_message_bytes,
             receive_queue=self.config.receive_queue,
         )
-        log.info("listening on %s", ", ".join(self.config.endpoints) or "(no endpoints)")
-        consumer = asyncio.create_task(self._consume())
+        consumer = asyncio.create_task(self._consume(), name="intake")
+        # Periodic chores end with the loop; they hold no work worth waiting for.
+        background = [
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        log.info(
+            "listening on %s; state in %s; %d destination(s) with queued deliveries",
+            ", ".join(self.config.endpoints) or "(no endpoints)",
+            self.config.state_path,
+            len(self.workers),
+        )
+        systemd.ready()
         if ready is not None:
             ready.set()
         stopper = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            consumer.cancel()
-            stopper.cancel()
-            self.subscriber.close()
-            for backend in self.backends.values():
-                await backend.close()
-            self._log_counts()
+            for task in background:
+                task.cancel()
+            await self._shutdown(consumer, stopper)
+        if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
+            raise RuntimeError("intake stopped unexpectedly") from consumer.exception()
 
-    def _log_counts(self) -> None:
-        if self.subscriber and self.subscriber.malformed:
-            counts: dict[str, Any] = dict(self.subscriber.malformed)
-            log.info("malformed messages dropped: %s", counts)
+    def worker(self, destination: Destination) -> DestinationWorker:
+        """The destination's worker, started on first use."""
+        worker = self.workers.get(destination.key)
+        if worker is None:
+            assert self.store is not None
+            worker = DestinationWorker(
+                destination,
+                self.store,
+                self.handles.get,
+                clock=self.clock,
+                policy=self.policy,
+                coalescer=self.coalescer,
+                window=self.window,
+                send_timeout=self.send_timeout,
+            )
+            self.workers[destination.key] = worker
+            worker.start()
+        return worker
+
+    def accept(self, batch: Sequence[Message]) -> None:
+        """The intake stage for one bus batch: stored in one transaction, then workers woken."""
+        assert self.store is not None
+        accepted = accept_batch(self.store, self.pipeline, batch, self.clock.time())
+        for destination in accepted.deliveries:
+            self.worker(destination).notify()
+        if accepted.digests and self.digests is not None:
+            self.digests.notify()
+        if accepted.duplicates:
+            log.debug("%d (message, destination) pairs seen before, skipped", accepted.duplicates)
+
+    async def reload(self) -> bool:
+        """Build the new config, rules, templates and backends; swap them in only if all are valid."""
+        systemd.reloading()
+        try:
+            config = load_config(self.config.source)
+            pipeline = build_pipeline(config)
+        except ProblemsError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            log.error("reload refused (%d problem(s)); still running the previous configuration", len(exc.problems))
+            systemd.ready()
+            return False
+        except Exception:
+            log.exception("reload refused; still running the previous configuration")
+            systemd.ready()
+            return False
+        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue"):
+            if getattr(config, what) != getattr(self.config, what):
+                log.warning("reload: '%s' changed; it takes effect after a restart", what)
+        handles, retired = self._reuse_handles(config)
+        self.config, self.pipeline, self.handles = config, pipeline, handles
+        for worker in self.workers.values():
+            worker.handles = self.handles.get
+            worker.notify()
+        for handle in retired:
+            self._spawn(handle.close(self.shutdown_timeout), "close retired backend")
+        self.reloads += 1
+        log.info("reloaded %s: %d account(s)", config.source, len(config.accounts))
+        systemd.ready()
+        return True
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _reuse_handles(self, config: Config) -> tuple[dict[str, BackendHandle], list[BackendHandle]]:
+        """Keep an account's running backend when its settings did not change (no IRC reconnect)."""
+        handles: dict[str, BackendHandle] = {}
+        for name, account in config.accounts.items():
+            old_account = self.config.accounts.get(name)
+            old = self.handles.get(name)
+            same = (
+                old is not None
+                and old_account is not None
+                and old_account.backend is account.backend
+                and old_account.options == account.options
+            )
+            handles[name] = (
+                old if same and old is not None else BackendHandle(account.backend(name, account.options), self.clock)
+            )
+        retired = [handle for name, handle in self.handles.items() if handles.get(name) is not handle]
+        return handles, retired
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        handlers: Mapping[signal.Signals, Callable[[], None]] = {
+            signal.SIGTERM: self.stop,
+            signal.SIGINT: self.stop,
+            signal.SIGHUP: lambda: self._spawn(self.reload(), "reload"),
+        }
+        for sig, handler in handlers.items():
+            try:
+                loop.add_signal_handler(sig, handler)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+
+    async def _start_backends(self, handles: Any) -> None:
+        for handle in handles:
+            try:
+                await handle.ensure_started()
+            except Exception as exc:
+                # Not fatal: the destination's worker retries the start with backoff.
+                log.error("starting backend of account %s failed: %s", handle.backend.account_name, exc)
+
+    async def _consume(self) -> None:
+        assert self.subscriber is not None
+        async for batch in self.subscriber.batches():
+            self.accept(batch)
+
+    def _render_digest(self, destination: Destination, entries: Sequence[DigestEntry], total: int) -> Mapping[str, str]:
+        backend = self.pipeline.backends.get(destination.account)
+        if backend is None:
+            # The account is gone (reload); the digest waits in the store as the entries' text.
+            return joined_parts(None, entries, total)
+        first = entries[0]
+        route = Route(
+            destination=destination,
+            rule=Rule(name=first.rule, file=first.rule_file),
+            template=first.template,
+            options=dict(first.options),
+        )
+        payload = [{"message": e.envelope, "topic": e.topic, "meta": e.meta, "rendered": e.rendered} for e in entries]
+        try:
+            return self.pipeline.renderer.render_digest(backend, payload, route, total)
+        except Exception:
+            log.exception("digest template for %s failed; sending the plain digest", destination)
+            return joined_parts(backend, entries, total)
+
+    async def _watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            # Pinged from the event loop itself: a wedged loop stops the pings and systemd restarts us.
+            systemd.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _housekeeping(self) -> None:
+        since_prune = 0.0
+        while True:
+            await asyncio.sleep(COUNTERS_EVERY)
+            self._save_counters()
+            since_prune += COUNTERS_EVERY
+            if since_prune >= PRUNE_EVERY and self.store is not None:
+                since_prune = 0.0
+                self.store.prune(self.clock.time())
+
+    def _save_counters(self) -> None:
+        if self.subscriber is None or self.store is None:
+            return
+        current = Counter(self.subscriber.malformed)
+        delta = current - self._saved_malformed
+        if delta:
+            self.store.add_counters({f"malformed.{reason}": n for reason, n in delta.items()})
+            self._saved_malformed = current
+            log.info("malformed messages dropped so far: %s", dict(current))
+
+    async def _shutdown(self, consumer: asyncio.Task[None], stopper: asyncio.Task[Any]) -> None:
+        systemd.stopping()
+        log.info("stopping: intake closed, waiting up to %.0f s for sends in flight", self.shutdown_timeout)
+        stopper.cancel()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await consumer
+        if self.subscriber is not None:
+            self.subscriber.close()
+        if self.digests is not None:
+            self.digests.stop()
+        for worker in self.workers.values():
+            worker.stop()
+        tasks = [w.task for w in self.workers.values() if w.task is not None] + list(self._tasks)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "%d task(s) still busy after %.0f s; their rows stay queued", len(pending), self.shutdown_timeout
+                )
+                await asyncio.wait(pending, timeout=1.0)
+        self._save_counters()
+        for handle in self.handles.values():
+            await handle.close(grace=0)
+        if self.store is not None:
+            queued = sum(self.store.pending_count(w.destination) for w in self.workers.values())
+            log.info("stopped; %d deliveries stay queued for the next start", queued)
+            self.store.close()

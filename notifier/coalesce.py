@@ -1,0 +1,52 @@
+"""The coalescing stage: a backlog the pace cannot send soon is merged, not dropped.
+
+When a destination has more queued deliveries than its token bucket allows within
+``horizon`` seconds, the oldest are merged by the backend's ``summarise`` into one
+summary delivery ("bodhi: 37 more updates pushed to stable"). The merged rows stay in
+the store as ``coalesced`` with a pointer to their summary, and ``status`` counts them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fedmsg_notify.backend import Backend, Destination
+from fedmsg_notify.outbox import Outbox
+from fedmsg_notify.pacing import TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Coalescer:
+    # How far ahead a backlog may reach before it is summarised: a notification more
+    # than a minute late is worth less than knowing how many there were.
+    horizon: float = 60.0
+    # Rows merged per transaction, so a 200k backlog never sits in memory at once.
+    chunk: int = 2000
+
+    def check(self, store: Outbox, destination: Destination, backend: Backend, bucket: TokenBucket, now: float) -> int:
+        """Merge until the backlog fits the horizon; return how many rows were merged."""
+        threshold = max(2, bucket.per(self.horizon))
+        merged = 0
+        while (pending := store.pending_count(destination)) > threshold:
+            take = min(pending - threshold + 1, self.chunk)
+            try:
+                summary = store.coalesce(destination, take, backend.summarise, now)
+            except Exception:
+                # A broken summariser must not stall deliveries: send the backlog as it is.
+                log.exception("summarising the backlog of %s failed; sending it unmerged", destination)
+                return merged
+            if summary is None:
+                break
+            merged += take
+        if merged:
+            log.info(
+                "%s: backlog over %d deliveries (%.0f s at its pace): merged %d into summaries",
+                destination,
+                threshold,
+                self.horizon,
+                merged,
+            )
+        return merged

@@ -1,0 +1,202 @@
+"""The delivery stage: one worker and one bounded queue per destination.
+
+Each destination (account + recipient) has its own asyncio task that reads windows of
+``window`` due rows from the store — never the whole backlog, so memory stays flat
+under a flood — and sends them one at a time through the account's token bucket. A
+dead SMTP server therefore never delays IRC, and a hung send is cut off by
+``send_timeout`` and retried like any temporary failure.
+
+Exactly once, and the one window left open
+-------------------------------------------
+A delivery is marked ``sent`` in the statement right after ``backend.send`` returns,
+with no ``await`` in between, so nothing else runs in that gap. What no local protocol
+can close is a crash after the remote side accepted the message and before our commit:
+at most one delivery per destination (the one in flight — sends to a destination are
+sequential) is then sent again after the restart. Backends that can be idempotent
+close it on the remote side: ``Item.id`` is stable across restarts (AUTOINCREMENT,
+never reused), and a digest's or message's ``msg_id`` is unique per destination, so a
+Mastodon ``Idempotency-Key`` or an email ``Message-ID`` derived from them turns the
+repeat into a no-op. Backends without that (IRC, desktop popups) are at-least-once
+for that single in-flight delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from fedmsg_notify.backend import Backend, Destination, Item
+from fedmsg_notify.clock import Clock
+from fedmsg_notify.coalesce import Coalescer
+from fedmsg_notify.outbox import Outbox
+from fedmsg_notify.pacing import TokenBucket
+from fedmsg_notify.retry import Outcome, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+class BackendHandle:
+    """One account's backend instance, its pace, and whether it has been started."""
+
+    def __init__(self, backend: Backend, clock: Clock) -> None:
+        self.backend = backend
+        rate, burst = backend.pace
+        self.bucket = TokenBucket(rate, burst, clock)
+        self.started = False
+        self.inflight = 0
+        self._lock = asyncio.Lock()
+
+    async def ensure_started(self) -> None:
+        """Start the backend on first use; a failure is retried on the next send."""
+        if self.started:
+            return
+        async with self._lock:
+            if not self.started:
+                await self.backend.start()
+                self.started = True
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Close once sends in flight (e.g. from before a reload) have finished, or ``grace`` passed."""
+        for _ in range(int(grace * 20)):
+            if self.inflight == 0:
+                break
+            await asyncio.sleep(0.05)
+        if self.started:
+            try:
+                await self.backend.close()
+            except Exception:
+                log.exception("closing backend of account %s failed", self.backend.account_name)
+            self.started = False
+
+
+class DestinationWorker:
+    """Sends one destination's queued deliveries, in order, paced, with retries."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        store: Outbox,
+        handles: Callable[[str], BackendHandle | None],
+        *,
+        clock: Clock,
+        policy: RetryPolicy,
+        coalescer: Coalescer | None = None,
+        window: int = 100,
+        send_timeout: float = 30.0,
+    ) -> None:
+        self.destination = destination
+        self.store = store
+        self.handles = handles
+        self.clock = clock
+        self.policy = policy
+        self.coalescer = coalescer
+        self.window = window
+        self.send_timeout = send_timeout
+        self.wake = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.paused_until = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._supervise(), name=f"deliver {self.destination}")
+
+    def notify(self) -> None:
+        """New rows were queued for this destination."""
+        self.wake.set()
+
+    def stop(self) -> None:
+        """Finish the send in flight, then exit; queued rows stay in the store."""
+        self.stopped.set()
+        self.wake.set()
+
+    async def _supervise(self) -> None:
+        # The worker is the only thing standing between a destination and its backlog: if
+        # it crashes (a store error, a bug), log it with context and carry on.
+        while not self.stopped.is_set():
+            try:
+                await self.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery worker of %s crashed; restarting it in 5 s", self.destination)
+                await self.clock.wait(self.stopped, 5.0)
+
+    async def run(self) -> None:
+        while not self.stopped.is_set():
+            now = self.clock.time()
+            if now < self.paused_until:
+                # The server failed temporarily: send nothing to it until the retry is due,
+                # rather than hammering it with the rest of the queue.
+                await self.clock.wait(self.stopped, self.paused_until - now)
+                continue
+            self.wake.clear()
+            handle = self.handles(self.destination.account)
+            if handle is None:
+                # The account disappeared in a reload: keep its rows, wait for it to return.
+                log.warning("no account '%s' configured: deliveries to %s wait in the store", *self._names())
+                await self.clock.wait(self.wake, None)
+                continue
+            if self.coalescer is not None:
+                self.coalescer.check(self.store, self.destination, handle.backend, handle.bucket, now)
+            batch = self.store.window(self.destination, now, self.window)
+            if not batch:
+                due = self.store.next_due(self.destination)
+                await self.clock.wait(self.wake, None if due is None else due - now)
+                continue
+            for item, attempts in batch:
+                current = self.handles(self.destination.account)
+                if self.stopped.is_set() or current is None:
+                    break
+                await current.bucket.take()
+                if self.stopped.is_set():
+                    break
+                outcome = await self.deliver(current, item, attempts)
+                if not outcome.sent and not outcome.permanent:
+                    self.paused_until = self.clock.time() + outcome.delay
+                    break
+
+    def _names(self) -> tuple[str, str]:
+        return self.destination.account, self.destination.key
+
+    async def deliver(self, handle: BackendHandle, item: Item, attempts: int) -> Outcome:
+        """One attempt: send with a timeout, then record the outcome in the store."""
+        handle.inflight += 1
+        try:
+            await handle.ensure_started()
+            await asyncio.wait_for(handle.backend.send(item), self.send_timeout)
+        except asyncio.CancelledError:
+            # Shutdown ran out of patience: the row stays queued and is sent next start.
+            raise
+        except Exception as exc:
+            return self._failed(item, attempts + 1, exc)
+        else:
+            # No await between the backend's success and this commit (see module docstring).
+            self.store.mark_sent(item, self.clock.time())
+            return Outcome(sent=True)
+        finally:
+            handle.inflight -= 1
+
+    def _failed(self, item: Item, attempts: int, exc: Exception) -> Outcome:
+        outcome = self.policy.classify(item, attempts, exc)
+        now = self.clock.time()
+        if outcome.permanent:
+            log.error(
+                "delivery of %s to %s failed permanently (rule %s): %s",
+                item.msg_id,
+                item.destination,
+                item.rule,
+                outcome.reason,
+            )
+            self.store.mark_failed(item, attempts, outcome.reason, now)
+        else:
+            log.warning(
+                "delivery of %s to %s failed (attempt %d), retrying in %.1f s: %s",
+                item.msg_id,
+                item.destination,
+                attempts,
+                outcome.delay,
+                outcome.reason,
+            )
+            self.store.mark_retry(item, attempts, now + outcome.delay, outcome.reason)
+        return outcome
