@@ -296,7 +296,8 @@ class Session:
             try:
                 await self._connect_once()
                 await self._lost.wait()
-                log.warning("irc %s: connection to %s lost", self.account_name, self.settings.server)
+                if not self._closing:
+                    log.warning("irc %s: connection to %s lost", self.account_name, self.settings.server)
             except (TimeoutError, OSError, ConnectionError, ssl.SSLError, RegistrationFailed) as exc:
                 log.warning("irc %s: cannot connect to %s: %s", self.account_name, self.settings.server, exc)
             finally:
@@ -568,7 +569,9 @@ class Session:
 
     def _on_server_error(self, event: Any) -> None:
         reason = " ".join(str(a) for a in [event.target, *event.arguments] if a)
-        log.warning("irc %s: server says: %s", self.account_name, reason)
+        # ERROR is also the server's goodbye after our own QUIT.
+        level = logging.INFO if self._closing else logging.WARNING
+        log.log(level, "irc %s: server says: %s", self.account_name, reason)
         if self._welcome is not None and not self._welcome.done():
             self._fail_registration(reason)
 
