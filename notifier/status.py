@@ -1,11 +1,92 @@
-"""`fedmsg-notify status` (placeholder until its issue lands)."""
+"""``fedmsg-notify status``: where every notification is, per destination.
+
+Reads the state database only (opened read-only), so it works while the daemon runs
+and after it stopped, and never needs the backends' credentials: it prints destination
+names, counts, times and failure reasons, nothing from an account's options.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sqlite3
 import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from fedmsg_notify.outbox import DestinationStatus, Outbox
+
+
+def _when(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "never"
+    stamp = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    delta = timestamp - now
+    if abs(delta) < 1:
+        return f"{stamp} (now)"
+    relative = f"in {_span(delta)}" if delta > 0 else f"{_span(-delta)} ago"
+    return f"{stamp} ({relative})"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, int], now: float) -> str:
+    lines = [f"state: {path}"]
+    if not rows:
+        lines.append("no deliveries recorded yet")
+    for row in rows:
+        lines.append(f"{row.destination}")
+        lines.append(
+            f"  queued {row.queued}, in retry {row.in_retry}, failed {row.failed}, coalesced {row.coalesced},"
+            f" digest pending {row.digest_pending}, sent {row.sent}"
+        )
+        lines.append(f"  last success: {_when(row.last_success, now)}")
+        if row.in_retry:
+            lines.append(f"  next retry: {_when(row.next_retry, now)}: {row.last_retry_reason or 'unknown reason'}")
+        if row.failed:
+            lines.append(f"  last permanent failure: {row.last_failure or 'unknown reason'}")
+        if row.digest_pending:
+            when = _when(row.next_digest, now) if row.next_digest is not None else "when its max is reached"
+            lines.append(f"  next digest: {when}")
+    malformed = {name.removeprefix("malformed."): n for name, n in counters.items() if name.startswith("malformed.")}
+    if malformed:
+        detail = ", ".join(f"{reason} {n}" for reason, n in sorted(malformed.items()))
+        lines.append(f"malformed messages dropped: {sum(malformed.values())} ({detail})")
+    return "\n".join(lines)
+
+
+def as_json(path: str, rows: list[DestinationStatus], counters: dict[str, int]) -> dict[str, Any]:
+    return {"state": path, "destinations": [asdict(row) for row in rows], "counters": counters}
 
 
 def run_status(args: argparse.Namespace) -> int:
-    print("fedmsg-notify status: not available yet", file=sys.stderr)
-    return 1
+    from fedmsg_notify.cli import load_cli_config
+
+    config = load_cli_config(args.config)
+    path = str(config.state_path)
+    try:
+        store = Outbox(config.state_path, readonly=True)
+    except FileNotFoundError:
+        print(f"{path}: no state database yet; the daemon has not run with this configuration", file=sys.stderr)
+        return 1
+    now = time.time()
+    try:
+        rows = store.status(now)
+        counters = store.counters()
+    except sqlite3.Error as exc:
+        print(f"{path}: cannot read the state database: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if getattr(args, "json", False):
+        print(json.dumps(as_json(path, rows, counters), indent=2, sort_keys=True))
+    else:
+        print(render_text(path, rows, counters, now))
+    return 0

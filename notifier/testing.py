@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from fedmsg_notify.backend import AccountOptions, Backend, DeliveryError, Item, PermanentFailure, TemporaryFailure
+from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.bus import Publisher
 
 
@@ -61,13 +61,13 @@ class RecordingBackend(Backend):
         self.started = 0
         self.closed = 0
         self._seen: set[int] = set()
-        self._scripted: deque[DeliveryError | Literal["hang"]] = deque()
+        self._scripted: deque[Exception | Literal["hang"]] = deque()
         self._release = asyncio.Event()
         RecordingBackend.instances[account_name] = self
 
     # -- control ----------------------------------------------------------------------------
 
-    def fail_next(self, *errors: DeliveryError | Literal["hang"]) -> None:
+    def fail_next(self, *errors: Exception | Literal["hang"]) -> None:
         """The next sends raise these (or hang, for ``"hang"``), in order; then back to ``mode``."""
         self._scripted.extend(errors)
 
