@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from fedmsg_notify import sanitize
 from fedmsg_notify.backend import Item
 
 # Filterable headers repeat once per user or package; a message naming hundreds of
@@ -41,10 +42,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 def header_safe(value: object, limit: int = MAX_HEADER_VALUE) -> str:
     """``value`` as one line of printable text, at most ``limit`` characters.
 
-    CR, LF, NUL and other control characters become a single space: a header value
-    taken from a bus message can never end the header and start another.
+    :func:`fedmsg_notify.sanitize.header_safe` is the project's one guard; folding any
+    remaining control character here too keeps this module safe on its own, so a
+    header value taken from a bus message can never end the header and start another.
     """
-    text = _CONTROL.sub(" ", str(value)).strip()
+    text = _CONTROL.sub(" ", sanitize.header_safe(str(value))).strip()
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return text
@@ -137,9 +139,14 @@ def _unique(values: Iterable[str], cap: int) -> list[str]:
     return list(seen)
 
 
+# What the outbox calls a digest's service when its messages came from several.
+MIXED_SERVICES = "various"
+
+
 def services_of(item: Item) -> list[str]:
     """Every service a (digest) item covers: ``meta.services`` when the engine merged them."""
-    return _unique([*_strings(item.meta.get("services")), item.service], MAX_CATEGORY_HEADERS)
+    found = [*_strings(item.meta.get("services")), item.service]
+    return _unique([s for s in found if s != MIXED_SERVICES], MAX_CATEGORY_HEADERS)
 
 
 def subject_of(item: Item) -> str:
@@ -176,7 +183,8 @@ def compose(item: Item, sender: Sender, recipient: Address, *, now: datetime | N
     # RFC 3834: automatic mail; vacation responders and mailing lists must not answer.
     mail["Auto-Submitted"] = "auto-generated"
     mail["Precedence"] = "bulk"
-    mail["X-Fedmsg-Topic"] = header_safe(item.topic)
+    if item.topic:  # a digest of several topics has none
+        mail["X-Fedmsg-Topic"] = header_safe(item.topic)
     for service in services_of(item):
         mail["X-Fedmsg-Category"] = service
     for user in _unique(_strings(item.meta.get("usernames")), MAX_USERNAME_HEADERS):
