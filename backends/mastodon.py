@@ -50,6 +50,7 @@ from fedmsg_notify.backend import (
     PermanentFailure,
     TemporaryFailure,
 )
+from fedmsg_notify.sanitize import plain_text
 from fedmsg_notify.validation import StrictModel
 from pydantic import Field, SecretStr, field_validator
 
@@ -76,7 +77,10 @@ USER_AGENT = "fedmsg-notify (+https://github.com/fedora-infra/fedmsg-notify)"
 # URL regex restricted to http/https). Trailing sentence punctuation is not part of the
 # URL there either; leaving it outside means we never count a character as "free" that
 # the server counts.
-URL_RE = re.compile(r"https?://[^\s<>\"'`]+?(?=[.,;:!?)\]}'\"]*(?:\s|$))", re.IGNORECASE)
+URL_RE = re.compile(r"(?<![A-Za-z0-9@$#])https?://[^\s<>\"'`]+?(?=[.,;:!?)\]}'\"]*(?:\s|$))", re.IGNORECASE)
+# twitter-text only takes a link whose host ends in a top-level domain; for others
+# (localhost, a bare IP) the server counts every character, and so do we.
+DOMAIN_RE = re.compile(r"^https?://(?:[^/?#@\s]*@)?[^/?#:\s]+\.[^\W\d_]{2,}\.?(?::\d+)?(?:[/?#]|$)", re.IGNORECASE)
 # A remote mention (Account::MENTION_RE): the server counts only "@user", and would
 # notify that user. Content from the bus must not do that.
 MENTION_RE = re.compile(r"(?<![\w/@])@(\w+(?:[\w.-]*\w)?)@([\w.-]*\w)", re.UNICODE)
@@ -106,7 +110,8 @@ class MastodonAccount(AccountOptions):
     visibility: Visibility = "public"
     # Hashtags appended per service, e.g. {bodhi: [fedora, bodhi]}; "*" applies to all.
     hashtags: dict[str, list[str]] = Field(default_factory=dict)
-    timeout: float = Field(default=30.0, gt=0, le=600, description="seconds per HTTP request")
+    # Under the engine's own send timeout (30 s), so a slow instance is reported by us, with a reason.
+    timeout: float = Field(default=20.0, gt=0, le=600, description="seconds per HTTP request")
 
     @field_validator("instance")
     @classmethod
@@ -157,21 +162,6 @@ def instance_url(value: str) -> str:
 # --- Text: sanitising, counting and truncating as Mastodon counts -------------------
 
 
-def plain_text(text: str) -> str:
-    """Text safe to post: no control characters except newlines, no markup interpretation."""
-    try:
-        from fedmsg_notify.sanitize import plain_text as shared_plain_text  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # pragma: no cover - until the shared sanitiser lands
-        cleaned = "".join(
-            " " if ch == "\t" else ch
-            for ch in text.replace("\r\n", "\n").replace("\r", "\n")
-            if ch == "\n" or unicodedata.category(ch) not in ("Cc", "Cs")
-        )
-        return cleaned
-    result: str = shared_plain_text(text)
-    return result
-
-
 def defuse_mentions(text: str) -> str:
     """Stop ``@user`` / ``@user@host`` in message content from notifying (or DMing) anyone."""
     text = MENTION_RE.sub(lambda m: f"{MENTION_BREAK}{m.group(1)}@{m.group(2)}", text)
@@ -179,7 +169,7 @@ def defuse_mentions(text: str) -> str:
 
 
 def status_length(text: str, url_length: int = DEFAULT_URL_LENGTH) -> int:
-    """The length Mastodon's validator gives ``text``: every URL counts ``url_length``.
+    """The length Mastodon's validator gives ``text``: a link counts ``url_length``.
 
     Mastodon counts grapheme clusters; counting code points instead can only
     over-count (a cluster is one or more code points), so a text that fits here fits there.
@@ -187,9 +177,13 @@ def status_length(text: str, url_length: int = DEFAULT_URL_LENGTH) -> int:
     length = 0
     pos = 0
     for match in URL_RE.finditer(text):
-        length += match.start() - pos + url_length
+        length += match.start() - pos + _url_cost(match.group(), url_length)
         pos = match.end()
     return length + len(text) - pos
+
+
+def _url_cost(url: str, url_length: int) -> int:
+    return url_length if DOMAIN_RE.match(url) else max(len(url), url_length)
 
 
 def _cut_point(text: str, budget: int, url_length: int) -> int:
@@ -201,10 +195,11 @@ def _cut_point(text: str, budget: int, url_length: int) -> int:
         if used + plain >= budget:
             return pos + (budget - used)
         used += plain
-        if used + url_length > budget:
+        cost = _url_cost(match.group(), url_length)
+        if used + cost > budget:
             # The link would not fit whole: a half link is worse than none.
             return match.start()
-        used += url_length
+        used += cost
         pos = match.end()
     return min(len(text), pos + (budget - used))
 
@@ -236,28 +231,40 @@ def fit_status(text: str, limit: int, *, url_length: int = DEFAULT_URL_LENGTH, r
     budget = limit - reserved
     if status_length(text, url_length) <= budget:
         return text
-    body, tail = _split_trailing_links(text)
-    tail_cost = status_length(tail, url_length) + (1 if tail else 0)
-    if tail and tail_cost + len(ELLIPSIS) > budget:
-        # Not even the link fits with an ellipsis: give the text its room instead.
-        body, tail, tail_cost = text, "", 0
-    room = budget - tail_cost - len(ELLIPSIS)
-    head = _clean_boundary(body, _cut_point(body, max(room, 0), url_length)) if room > 0 else ""
-    cut = f"{head}{ELLIPSIS}" if head else ELLIPSIS
-    return f"{cut} {tail}" if tail else cut
+    for body, tail in _keep_options(text):
+        tail_cost = status_length(tail, url_length) + 1 if tail else 0
+        if tail_cost + len(ELLIPSIS) > budget:
+            continue
+        room = budget - tail_cost - len(ELLIPSIS)
+        head = _clean_boundary(body, _cut_point(body, room, url_length)) if room > 0 else ""
+        return f"{head}{ELLIPSIS} {tail}" if tail else f"{head}{ELLIPSIS}"
+    return ELLIPSIS[:budget]
 
 
-def _split_trailing_links(text: str) -> tuple[str, str]:
-    """(body, trailing links and hashtags): what must survive truncation whole."""
+def _keep_options(text: str) -> list[tuple[str, str]]:
+    """Ways to split ``text`` into (body to cut, tail kept whole), most kept first.
+
+    The tail is the run of links and hashtags that ends the text (the template's
+    ``meta.link``, the configured hashtags). When it does not fit, the last link
+    alone is kept; failing that, nothing is.
+    """
     stripped = text.rstrip()
     tail_start = len(stripped)
+    last_link: re.Match[str] | None = None
     for token in reversed(list(re.finditer(r"\S+", stripped))):
         word = token.group()
-        if URL_RE.fullmatch(word) or (word.startswith("#") and HASHTAG_RE.match(word[1:])):
-            tail_start = token.start()
-            continue
-        break
-    return stripped[:tail_start].rstrip(), stripped[tail_start:]
+        if URL_RE.fullmatch(word):
+            last_link = last_link or token
+        elif not (word.startswith("#") and HASHTAG_RE.match(word[1:])):
+            break
+        tail_start = token.start()
+    options = []
+    if tail_start < len(stripped):
+        options.append((stripped[:tail_start].rstrip(), stripped[tail_start:]))
+    if last_link is not None and last_link.span() != (tail_start, len(stripped)):
+        options.append((stripped[: last_link.start()].rstrip(), last_link.group()))
+    options.append((stripped, ""))
+    return options
 
 
 # --- Rate limits --------------------------------------------------------------------
@@ -504,7 +511,8 @@ class MastodonBackend(Backend):
             text = f"{text}\n\n{' '.join('#' + tag for tag in tags)}" if text else " ".join("#" + t for t in tags)
         if not text:
             raise PermanentFailure(f"template for {item.topic} rendered an empty status")
-        reserved = status_length(spoiler, self.limits.url_length)
+        # Mastodon adds the content warning to the count as it is: links there are not discounted.
+        reserved = len(spoiler)
         payload = {
             "status": fit_status(text, self.limits.max_characters, url_length=self.limits.url_length,
                                  reserved=reserved),

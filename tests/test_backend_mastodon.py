@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from fedmsg_notify.backends.mastodon import (
 )
 from fedmsg_notify.config import load_config
 from fedmsg_notify.yaml_positions import ProblemsError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import free_port
 from tests.mastodonserver import MastodonServer, Scripted, mastodon_length
@@ -184,9 +187,20 @@ def test_links_count_as_23_and_content_warning_counts_too() -> None:
     """A long link costs 23 characters, as on Mastodon; the content warning takes its share of the limit."""
     assert status_length(f"see {LINK}") == 4 + 23
     assert status_length(f"see {LINK}.") == 4 + 23 + 1
+    # Hosts without a top-level domain are not links to Mastodon: every character counts.
+    assert status_length("see http://localhost:8080/some/long/path/here") == 4 + 41
+    assert status_length("https://x.org") == 23
     text = "word " * 30 + LINK
     fitted = fit_status(text, 60, reserved=20)
     assert fitted.endswith(f"… {LINK}") and status_length(fitted) + 20 <= 60
+
+
+def test_truncation_keeps_link_and_hashtags_and_drops_tags_first() -> None:
+    """Hashtags after the link survive truncation; when room is short the link wins over the tags."""
+    text = "word " * 50 + f"{LINK}\n\n#fedora #bodhi"
+    assert fit_status(text, 100).endswith(f"word… {LINK}\n\n#fedora #bodhi")
+    assert fit_status(text, 30) == f"word… {LINK}"
+    assert fit_status(f"{LINK} {LINK}", 30) == f"… {LINK}"
 
 
 def test_truncation_never_splits_a_link_in_the_middle_of_the_text() -> None:
@@ -196,6 +210,33 @@ def test_truncation_never_splits_a_link_in_the_middle_of_the_text() -> None:
     # With room for it the link stays whole (23) and the cut falls on a later word.
     assert fit_status(text, 40) == f"first {LINK} then much…"
     assert fit_status("short", 40) == "short"
+
+
+# Arbitrary characters mixed with the pieces the formatter treats specially.
+ANY_TEXT = st.lists(
+    st.one_of(st.text(max_size=30), st.sampled_from([" ", "\n", "@ralph@x.org", "#tag", "…", LINK, "http://localhost/x"])),
+    max_size=25,
+).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=ANY_TEXT, limit=st.integers(min_value=30, max_value=600), spoiler=st.text(max_size=20))
+def test_any_content_becomes_a_post_within_the_limit(text: str, limit: int, spoiler: str) -> None:
+    """Whatever a message holds, the post fits the instance, has no controls and notifies nobody."""
+    # Building a payload needs no token: the backend is never started here.
+    backend = MastodonBackend("firehose", account("https://example.social", Path("/unused.token")))
+    backend.limits = type(backend.limits)(max_characters=limit)
+    try:
+        payload = backend.build_payload(item(f"{text} {LINK}", options={"spoiler_text": spoiler}))
+    except PermanentFailure:
+        return  # nothing printable was left: recorded as a failure, not posted
+    status = payload["status"]
+    assert mastodon_length(status, payload.get("spoiler_text", "")) <= limit
+    assert status_length(status) + len(payload.get("spoiler_text", "")) <= limit
+    assert not any(ch in status for ch in "\x00\r\x1b\x7f")
+    assert re.search(r"(?<![\w/@])@\w", status) is None
+    if len(payload.get("spoiler_text", "")) + 25 <= limit:
+        assert status.endswith(LINK)
 
 
 def test_truncation_keeps_combining_characters_with_their_letter() -> None:
