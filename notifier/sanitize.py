@@ -62,8 +62,11 @@ def plain_text(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` on a single line: every run of line breaks or tabs becomes one space."""
-    return _LINE_BREAKS.sub(" ", text).strip()
+    """``text`` on a single line: every run of line breaks or tabs (and the spaces around it) becomes one space."""
+    # split + join rather than one regex with spaces on both sides of the break:
+    # that regex backtracks quadratically over long runs of spaces in hostile content.
+    pieces = (piece.strip(" ") for piece in _LINE_BREAKS.split(text))
+    return " ".join(piece for piece in pieces if piece).strip()
 
 
 def header_safe(text: str) -> str:
