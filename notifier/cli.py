@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fedmsg_notify import __version__
 from fedmsg_notify.config import Config, find_config_file, load_config
+from fedmsg_notify.redact import install_log_redaction
 from fedmsg_notify.yaml_positions import Position, Problem, ProblemsError
 
 log = logging.getLogger("fedmsg_notify")
@@ -228,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_log_redaction()
     try:
         return int(args.func(args))
     except ProblemsError as exc:

@@ -25,6 +25,7 @@ from fedmsg_notify.backend import AccountOptions, Backend
 from fedmsg_notify.backends import backend_class, backend_names
 from fedmsg_notify.envelope import DEFAULT_MAX_DEPTH, DEFAULT_MAX_STRING
 from fedmsg_notify.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
+from fedmsg_notify.redact import register_secrets
 from fedmsg_notify.signatures import SignatureConfigError, SignatureSettings, Verifier, settings_from_fedmsg
 from fedmsg_notify.validation import StrictModel, did_you_mean, validate
 from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
@@ -253,5 +254,7 @@ def _accounts(raw: dict[str, Any], doc: LocatedDocument, problems: list[Problem]
         parsed, found = validate(backend.Account, options, doc, where)
         problems.extend(found)
         if parsed is not None:
+            # From here on the account's passwords and tokens are masked in every log line.
+            register_secrets(parsed)
             accounts[name] = Account(name=name, backend=backend, options=parsed, position=doc.where(where, key=True))
     return accounts

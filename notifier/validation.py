@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, TypeVar
 
+from fedmsg_notify.redact import is_secret_key, redact
 from fedmsg_notify.yaml_positions import LocatedDocument, PathKey, Problem
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -64,6 +65,10 @@ def _unwrap_item(annotation: Any) -> Any:
 
 
 def _describe(error: Any) -> str:
+    return redact(_describe_raw(error))
+
+
+def _describe_raw(error: Any) -> str:
     kind = error["type"]
     msg = str(error["msg"])
     if kind == "missing":
@@ -76,6 +81,9 @@ def _describe(error: Any) -> str:
         msg = msg[len("Input should be ") :]
     got = error.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    if any(is_secret_key(part) for part in error.get("loc", ())):
+        # A mistyped password must not end up on the terminal or in a CI log.
+        shown = "a value that is not shown (secret)"
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return f"expected {msg[0].lower() + msg[1:]}, got {shown}"
