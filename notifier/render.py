@@ -208,8 +208,8 @@ def _digest_template(route: Route) -> str | None:
     explicit = getattr(route, "digest_template", None)
     if isinstance(explicit, str) and explicit:
         return explicit
-    digest: Mapping[str, Any] = route.digest if isinstance(route.digest, Mapping) else {}
-    value = digest.get("template")
+    digest: Any = route.digest
+    value = digest.get("template") if isinstance(digest, Mapping) else getattr(digest, "template", None)
     return value if isinstance(value, str) and value else None
 
 
@@ -265,6 +265,7 @@ class Renderer:
         )
         self.text_env = _environment(self.loader, html_part=False)
         self.html_env = _environment(self.loader, html_part=True)
+        self._exists: dict[str, bool] = {}
         self._resolved: dict[tuple[str, str, str | None], str | None] = {}
         self._templates: dict[tuple[str, bool], jinja2.Template | Exception] = {}
         self._analyses: dict[str, _Analysis] = {}
@@ -276,12 +277,16 @@ class Renderer:
     # -- template lookup -------------------------------------------------------------
 
     def exists(self, name: str) -> bool:
-        """Whether ``name`` (relative to the template directories) names a template."""
-        try:
-            self.loader.get_source(self.text_env, name)
-        except jinja2.TemplateNotFound:
-            return False
-        return True
+        """Whether ``name`` (relative to the template directories) names a template (cached)."""
+        found = self._exists.get(name)
+        if found is None:
+            try:
+                self.loader.get_source(self.text_env, name)
+                found = True
+            except jinja2.TemplateNotFound:
+                found = False
+            self._exists[name] = found
+        return found
 
     def resolve(self, backend: str, subtopic: str, explicit: str | None = None) -> str | None:
         """The first existing template name in SPEC order, cached per (backend, subtopic, explicit)."""

@@ -176,7 +176,7 @@ def test_multi_part_blocks_each_part_with_html_escaped_and_text_not(tmp_path: Pa
     assert out["html"] == f"<p>{escaped}</p><p>{escaped}</p>"
 
 
-def test_missing_block_renders_empty_and_check_reports_it(tmp_path: Path) -> None:
+def test_missing_block_renders_empty(tmp_path: Path) -> None:
     """A template without an html block would crash delivery instead of sending an empty part."""
     write(tmp_path, "mailtest/default.j2", "{% block subject %}s{% endblock %}{% block text %}t{% endblock %}")
     renderer = Renderer([tmp_path])
