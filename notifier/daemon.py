@@ -38,6 +38,7 @@ from fedmsg_notify.outbox import DigestEntry, Outbox
 from fedmsg_notify.render import Renderer
 from fedmsg_notify.retry import RetryPolicy
 from fedmsg_notify.rules import Route, Rule, RuleSet
+from fedmsg_notify.signatures import make_verifier
 from fedmsg_notify.workers import BackendHandle, DestinationWorker
 from fedmsg_notify.yaml_positions import ProblemsError
 
@@ -77,6 +78,7 @@ class Daemon:
         self.shutdown_timeout = shutdown_timeout
         self.window = window
         self.pipeline = build_pipeline(config)
+        self.verifier = make_verifier(config.signatures)
         self.handles: dict[str, BackendHandle] = {
             name: BackendHandle(account.backend(name, account.options), self.clock)
             for name, account in config.accounts.items()
@@ -88,6 +90,7 @@ class Daemon:
         self.reloads = 0
         self._stop = asyncio.Event()
         self._saved_malformed: Counter[str] = Counter()
+        self._saved_refused: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- public --------------------------------------------------------------------------
@@ -111,6 +114,8 @@ class Daemon:
             self.config.endpoints,
             self.config.subscribe,
             max_bytes=self.config.max_message_bytes,
+            max_depth=self.config.max_json_depth,
+            max_string=self.config.max_string_length,
             receive_queue=self.config.receive_queue,
         )
         consumer = asyncio.create_task(self._consume(), name="intake")
@@ -160,6 +165,9 @@ class Daemon:
     def accept(self, batch: Sequence[Message]) -> None:
         """The intake stage for one bus batch: stored in one transaction, then workers woken."""
         assert self.store is not None
+        if self.verifier is not None:
+            # Forged, tampered and unsigned messages stop here (or go on marked unverified).
+            batch = [message for message in batch if self.verifier.admit(message)]
         accepted = accept_batch(self.store, self.pipeline, batch, self.clock.time())
         for destination in accepted.deliveries:
             self.worker(destination).notify()
@@ -174,6 +182,7 @@ class Daemon:
         try:
             config = load_config(self.config.source)
             pipeline = build_pipeline(config)
+            verifier = make_verifier(config.signatures)
         except ProblemsError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
@@ -189,6 +198,8 @@ class Daemon:
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
         self.config, self.pipeline, self.handles = config, pipeline, handles
+        self._save_counters()
+        self.verifier, self._saved_refused = verifier, Counter()
         for worker in self.workers.values():
             worker.handles = self.handles.get
             worker.notify()
@@ -297,6 +308,12 @@ class Daemon:
             self.store.add_counters({f"malformed.{reason}": n for reason, n in delta.items()})
             self._saved_malformed = current
             log.info("malformed messages dropped so far: %s", dict(current))
+        refused = Counter(self.verifier.rejected if self.verifier is not None else {})
+        delta = refused - self._saved_refused
+        if delta:
+            self.store.add_counters({f"signature.{reason}": n for reason, n in delta.items()})
+            self._saved_refused = refused
+            log.info("messages failing signature validation so far: %s", dict(refused))
 
     async def _shutdown(self, consumer: asyncio.Task[None], stopper: asyncio.Task[Any]) -> None:
         systemd.stopping()

@@ -431,3 +431,8 @@ def normalise_policy(raw: Any, source: str) -> dict[str, tuple[str, ...]]:
             raise SignatureConfigError(f"{source}: routing_policy[{topic!r}] must be a list of certificate names")
         policy[str(topic)] = tuple(names)
     return policy
+
+
+def make_verifier(settings: SignatureSettings) -> Verifier | None:
+    """The daemon's verifier, or None when validation is off (every message is then ``verified=None``)."""
+    return Verifier(settings) if settings.validate else None

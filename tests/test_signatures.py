@@ -583,3 +583,52 @@ def test_fedmsg_d_remote_url_reported_in_config(tmp_path: Path) -> None:
     with pytest.raises(ProblemsError) as caught:
         load_config(config)
     assert "config.yaml:2:18:" in str(caught.value.problems[0]) and "remote URL" in str(caught.value.problems[0])
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+async def test_forged_messages_never_reach_a_recipient(pki: Pki, tmp_path: Path, endpoint: str) -> None:
+    """With validation on, the daemon delivers the genuine message and drops forged, tampered and unsigned ones."""
+    from fedmsg_notify.bus import Publisher
+    from fedmsg_notify.daemon import Daemon
+    from fedmsg_notify.testing import RecordingBackend
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "all.yaml").write_text("rules:\n  - name: everything\n    match: {}\n    deliver: [{via: rec}]\n")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(
+        f"bus: {{endpoints: ['{endpoint}']}}\n"
+        "accounts: {rec: {backend: 'fedmsg_notify.testing:RecordingBackend'}}\n"
+        f"rules: [{rules}]\n"
+        f"state: {tmp_path / 'state.db'}\n"
+        f"signatures: {{ca_cert: {pki.ca}, crl: {pki.crl}}}\n"
+    )
+    daemon = Daemon(load_config(config_path))
+    ready = asyncio.Event()
+    running = asyncio.create_task(daemon.run(ready))
+    publisher = Publisher(endpoint, bind=True, wait=5.0)
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        good = pki.signer("good")(unsigned(body={"n": "good"}))
+        tampered = json.loads(json.dumps(good))
+        tampered["msg"]["n"] = "tampered"
+        forged = pki.signer("wrong-ca")(unsigned(body={"n": "forged"}))
+        revoked = pki.signer("revoked")(unsigned(body={"n": "revoked"}))
+        bare = unsigned(body={"n": "unsigned"})
+        for envelope in (tampered, forged, revoked, bare, good):
+            await asyncio.to_thread(publisher.send_envelope, envelope)
+        recorder = None
+        async with asyncio.timeout(30):
+            while recorder is None or not recorder.items:
+                await asyncio.sleep(0.05)
+                recorder = RecordingBackend.instances.get("rec")
+        await asyncio.sleep(0.5)  # anything wrongly let through would arrive by now
+    finally:
+        publisher.close(linger_ms=0)
+        daemon.stop()
+        await asyncio.wait_for(running, 30)
+    assert [item.msg_id for item in recorder.items] == [good["msg_id"]]
+    assert daemon.verifier is not None
+    assert daemon.verifier.rejected == {"bad-signature": 1, "untrusted-certificate": 1, "revoked": 1, "unsigned": 1}
