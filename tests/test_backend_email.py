@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import mailbox
 import ssl
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -17,10 +21,15 @@ import trustme
 from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.backends.email import EmailAccount, EmailBackend
 from fedmsg_notify.backends.email.compose import Sender, compose, parse_address
+from fedmsg_notify.bus import Publisher
+from fedmsg_notify.config import load_config
+from fedmsg_notify.daemon import Daemon
+from fedmsg_notify.retry import RetryPolicy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.conftest import free_port
 from tests.smtpserver import Handler, smtp_server
 
 FROM = "Fedora Notifications <notify@example.org>"
@@ -485,3 +494,156 @@ async def test_a_bad_recipient_is_permanent(server: Handler, port: int) -> None:
         await backend.send(make_item(destination=Destination("mail", "a@x.org\r\nBcc: evil@x.example")))
     await backend.close()
     assert server.delivered == []
+
+
+# -- end to end: bus → daemon (outbox, retries, digests) → real SMTP server ---------------------------
+
+
+def bodhi_comment(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    [sample] = [s for s in samples if s["id"] == "bodhi.TestBodhi4Comment"]
+    message: dict[str, Any] = sample["message"]
+    return message
+
+
+def write_setup(tmp_path: Path, smtp_port: int, deliver: str) -> tuple[Path, str]:
+    """A config with one email account and one rule routing bodhi messages to ``deliver``."""
+    bus = f"tcp://127.0.0.1:{free_port()}"
+    rules = tmp_path / "rules.d"
+    rules.mkdir()
+    (rules / "mine.yaml").write_text(
+        f"rules:\n  - name: bodhi news on my packages\n    match: {{service: bodhi}}\n    deliver:\n      - {deliver}\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"bus:\n  endpoints: [{bus}]\n"
+        "accounts:\n"
+        f'  mail: {{backend: email, smtp: "smtp://127.0.0.1:{smtp_port}", from: "{FROM}"}}\n'
+        f"rules: [{rules}]\n"
+        f"state: {tmp_path / 'state.db'}\n"
+    )
+    return config, bus
+
+
+@asynccontextmanager
+async def running(config: Path) -> AsyncIterator[Daemon]:
+    """The real daemon with fast retries, stopped (SIGTERM-style) at the end of the block."""
+    daemon = Daemon(load_config(config), policy=RetryPolicy(base=0.05, cap=0.2))
+    ready = asyncio.Event()
+    task = asyncio.create_task(daemon.run(ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+
+
+async def publish(bus: str, messages: list[dict[str, Any]]) -> None:
+    def send() -> None:
+        publisher = Publisher(bus, bind=True, wait=5.0)
+        try:
+            for message in messages:
+                publisher.send_envelope(message)
+        finally:
+            publisher.close()
+
+    await asyncio.to_thread(send)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def status_json(config: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmsg_notify", "status", "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def numbered(message: dict[str, Any], n: int) -> dict[str, Any]:
+    return {**message, "msg_id": f"2019-{n:04d}-bodhi-comment", "i": n}
+
+
+async def test_daemon_retries_451_and_delivers_exactly_once(
+    server: Handler, port: int, tmp_path: Path, samples: list[dict[str, Any]]
+) -> None:
+    """Through the daemon, a greylisting relay (451, 451) gets the mail once, with the bodhi sentence as subject."""
+    config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}}}")
+    server.fail("DATA", "451 4.7.1 Greylisted, please try again", times=2)
+    async with running(config):
+        await publish(bus, [bodhi_comment(samples)])
+        await until(lambda: len(server.delivered) == 1)
+        await asyncio.sleep(0.5)  # nothing else may follow
+    assert len(server.delivered) == 1
+    assert server.attempts["DATA"] == 3
+    mail = server.delivered[0].mail
+    assert "kalev" in mail["Subject"] and mail["Subject"].startswith("[bodhi]")
+    assert mail.get_all("X-Fedmsg-Package") == ["xdg-desktop-portal"]
+    assert mail["X-Fedmsg-Username"] == "kalev"
+    assert "bodhi news on my packages" in mail.get_body(("plain",)).get_content()
+
+
+async def test_daemon_records_550_as_permanent_in_status(
+    server: Handler, port: int, tmp_path: Path, samples: list[dict[str, Any]]
+) -> None:
+    """A 550 is tried once, not retried, and `status` shows the destination's failure with the server's text."""
+    config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}}}")
+    server.fail("RCPT", "550 5.1.1 <ralph@example.org>: Recipient address rejected: User unknown", times=5)
+    async with running(config):
+        await publish(bus, [bodhi_comment(samples)])
+        await until(lambda: server.attempts.get("RCPT", 0) >= 1)
+        await asyncio.sleep(1.0)  # retries (if any) would come within 0.2 s
+    assert server.attempts["RCPT"] == 1
+    assert server.delivered == []
+    status = status_json(config)
+    text = json.dumps(status)
+    assert "User unknown" in text and "550" in text, text
+
+
+async def test_daemon_digest_collects_messages_into_one_mail(
+    server: Handler, port: int, tmp_path: Path, samples: list[dict[str, Any]]
+) -> None:
+    """Five bodhi messages with 'digest: {max: 5}' arrive as one mail that says 5 and lists each."""
+    config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}, digest: {{every: 1h, max: 5}}}}")
+    base = bodhi_comment(samples)
+    async with running(config):
+        await publish(bus, [numbered(base, n) for n in range(5)])
+        await until(lambda: len(server.delivered) == 1)
+        await asyncio.sleep(0.5)
+    [got] = server.delivered
+    mail = got.mail
+    assert mail["Subject"] == "5 updates: bodhi"
+    assert mail["X-Fedmsg-Count"] == "5"
+    assert mail.get_all("X-Fedmsg-Category") == ["bodhi"]
+    text = mail.get_body(("plain",)).get_content()
+    assert all(f"{n:3d}. [bodhi]" in text for n in range(1, 6)), text
+    assert "== bodhi ==" in text
+
+
+async def test_digest_pending_across_a_restart_is_sent_once(
+    server: Handler, port: int, tmp_path: Path, samples: list[dict[str, Any]]
+) -> None:
+    """Digest entries stored before a restart go out after it, in one mail, on the original schedule."""
+    config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}, digest: {{every: 3s}}}}")
+    base = bodhi_comment(samples)
+    async with running(config) as daemon:
+        await publish(bus, [numbered(base, n) for n in range(3)])
+        assert daemon.store is not None
+        await until(lambda: sum(row.digest_pending for row in daemon.store.status(0)) == 3)  # type: ignore[union-attr]
+    assert server.delivered == []
+    async with running(config):
+        await until(lambda: len(server.delivered) == 1, timeout=20)
+        await asyncio.sleep(0.5)
+    [got] = server.delivered
+    assert got.mail["X-Fedmsg-Count"] == "3"
+    assert got.mail["Subject"] == "3 updates: bodhi"
