@@ -1,0 +1,147 @@
+"""The durable store: dedup, send order, outcomes, coalescing, pruning."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from fedmsg_notify.backend import Destination, Item
+from fedmsg_notify.outbox import NewDelivery, Outbox
+
+IRC = Destination("irc", "#fedora")
+MAIL = Destination("mail", "a@example.org")
+NOW = 1_000_000.0
+
+
+def delivery(msg_id: str, dest: Destination = IRC, service: str = "bodhi") -> NewDelivery:
+    return NewDelivery(msg_id, dest, "rule", f"org.fedoraproject.prod.{service}.x", service, {"text": msg_id})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Outbox]:
+    outbox = Outbox(tmp_path / "state.db")
+    yield outbox
+    outbox.close()
+
+
+def test_wal_mode_and_durable_settings(store: Outbox) -> None:
+    """The store survives a crash of the process (WAL, synchronous=NORMAL)."""
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_same_message_twice_to_a_destination_is_stored_once(store: Outbox) -> None:
+    """A replayed message, or two rules routing it to the same place, reaches the destination once."""
+    first = store.accept([delivery("m1"), delivery("m1"), delivery("m1", MAIL)], now=NOW)
+    assert first.deliveries == {IRC, MAIL}
+    assert first.duplicates == 1
+    again = store.accept([delivery("m1")], now=NOW + 5)
+    assert (again.deliveries, again.duplicates) == (frozenset(), 1)
+    assert store.pending_count(IRC) == 1
+
+
+def test_dedup_survives_reopening(tmp_path: Path) -> None:
+    """After a restart, a message delivered before is not delivered again."""
+    store = Outbox(tmp_path / "s.db")
+    store.accept([delivery("m1")], now=NOW)
+    [(item, _)] = store.window(IRC, NOW, 10)
+    store.mark_sent(item, NOW)
+    store.close()
+    reopened = Outbox(tmp_path / "s.db")
+    assert reopened.accept([delivery("m1")], now=NOW + 60).duplicates == 1
+    assert reopened.pending_count(IRC) == 0
+    reopened.close()
+
+
+def test_a_batch_is_one_transaction(store: Outbox) -> None:
+    """A failure while storing a batch stores none of it, so nothing is half-accepted."""
+    # A constraint that rejects the second row of the batch, as a full disk would.
+    store.db.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON deliveries WHEN NEW.msg_id = 'm2' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="boom"):
+        store.accept([delivery("m1"), delivery("m2")], now=NOW)
+    assert store.pending_count(IRC) == 0
+    assert store.db.execute("SELECT COUNT(*) FROM accepted").fetchone()[0] == 0
+
+
+def test_window_is_bounded_and_in_order(store: Outbox) -> None:
+    """Workers read a bounded window of the backlog, oldest first, and only what is due."""
+    store.accept([delivery(f"m{n}") for n in range(10)], now=NOW)
+    window = store.window(IRC, NOW, 4)
+    assert [item.msg_id for item, _ in window] == ["m0", "m1", "m2", "m3"]
+    store.mark_retry(window[0][0], 1, NOW + 30, "refused")
+    assert [item.msg_id for item, _ in store.window(IRC, NOW, 2)] == ["m1", "m2"]
+    assert store.next_due(IRC) == NOW
+    assert [item.msg_id for item, _ in store.window(IRC, NOW + 30, 1)] == ["m0"]
+
+
+def test_outcomes_show_in_status(store: Outbox) -> None:
+    """Status tells sent, retrying (with reason and time) and failed (with reason) apart."""
+    store.accept([delivery(f"m{n}") for n in range(4)], now=NOW)
+    items = [item for item, _ in store.window(IRC, NOW, 10)]
+    store.mark_sent(items[0], NOW + 1)
+    store.mark_retry(items[1], 2, NOW + 40, "connection refused")
+    store.mark_failed(items[2], 1, "550 mailbox unavailable", NOW + 2)
+    [row] = store.status(NOW + 3)
+    assert (row.sent, row.queued, row.in_retry, row.failed) == (1, 2, 1, 1)
+    assert (row.next_retry, row.last_retry_reason) == (NOW + 40, "connection refused")
+    assert (row.last_failure, row.last_success) == ("550 mailbox unavailable", NOW + 1)
+
+
+def test_render_errors_are_stored_as_failures(store: Outbox) -> None:
+    """A template error for one message shows up in status instead of vanishing."""
+    broken = NewDelivery("m1", IRC, "rule", "t", "svc", {}, error="template error: boom")
+    accepted = store.accept([broken], now=NOW)
+    assert accepted.deliveries == frozenset()
+    [row] = store.status(NOW)
+    assert (row.failed, row.last_failure, row.queued) == (1, "template error: boom", 0)
+
+
+def _summarise(items: Sequence[Item]) -> dict[str, str]:
+    return {"text": f"{sum(i.count for i in items)} more"}
+
+
+def test_coalesce_merges_oldest_and_counts_everything(store: Outbox) -> None:
+    """A flood is merged into a summary sent in the merged rows' place; nothing vanishes uncounted."""
+    store.accept([delivery(f"m{n}") for n in range(10)], now=NOW)
+    summary = store.coalesce(IRC, 6, _summarise, NOW)
+    assert summary is not None
+    window = [item for item, _ in store.window(IRC, NOW, 10)]
+    assert [(i.msg_id, i.count, i.rendered["text"]) for i in window[:2]] == [
+        ("coalesced:1", 6, "6 more"),
+        ("m6", 1, "m6"),
+    ]
+    assert len(window) == 5
+    merged = store.db.execute("SELECT COUNT(*) FROM deliveries WHERE merged_into = ?", (summary,)).fetchone()[0]
+    assert merged == 6
+    # Merging the summary again counts only the messages not counted before.
+    store.coalesce(IRC, 3, _summarise, NOW)
+    [row] = store.status(NOW)
+    assert row.coalesced == 6 + 2
+    assert [i.count for i, _ in store.window(IRC, NOW, 10)] == [8, 1, 1]
+
+
+def test_prune_forgets_only_old_finished_work(store: Outbox) -> None:
+    """The database does not grow forever, and nothing still queued is pruned."""
+    store.accept([delivery("old"), delivery("queued")], now=NOW)
+    old, _ = store.window(IRC, NOW, 1)[0]
+    store.mark_sent(old, NOW)
+    assert store.prune(NOW + 8 * 86400) >= 1
+    assert [i.msg_id for i, _ in store.window(IRC, NOW + 8 * 86400, 10)] == ["queued"]
+
+
+def test_counters_accumulate(store: Outbox) -> None:
+    """Malformed-message counts add up across daemon runs."""
+    store.add_counters({"malformed.not-json": 2})
+    store.add_counters({"malformed.not-json": 3, "malformed.too-big": 1, "zero": 0})
+    assert store.counters() == {"malformed.not-json": 5, "malformed.too-big": 1}
+
+
+def test_readonly_open_of_a_missing_database_says_where(tmp_path: Path) -> None:
+    """`status` before the first run names the missing file instead of creating an empty one."""
+    with pytest.raises(FileNotFoundError, match="nothing.db"):
+        Outbox(tmp_path / "nothing.db", readonly=True)
+    assert not (tmp_path / "nothing.db").exists()
