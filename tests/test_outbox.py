@@ -142,6 +142,6 @@ def test_counters_accumulate(store: Outbox) -> None:
 
 def test_readonly_open_of_a_missing_database_says_where(tmp_path: Path) -> None:
     """`status` before the first run names the missing file instead of creating an empty one."""
-    with pytest.raises(FileNotFoundError, match="nothing.db"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.db"):
         Outbox(tmp_path / "nothing.db", readonly=True)
     assert not (tmp_path / "nothing.db").exists()
