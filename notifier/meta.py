@@ -33,9 +33,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from email.utils import parseaddr
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +85,18 @@ def fas_user(value: Any) -> str | None:
     Other e-mail addresses would need an account-system lookup (impossible offline), so
     they give ``None`` rather than a guess.
     """
-    if not isinstance(value, str) or not value or isinstance(value, Undefined):
+    if not isinstance(value, str) or not value:
         return None
-    value = value.strip()
-    match = _OPENID.match(value)
+    text: str = value.strip()
+    match = _OPENID.match(text)
     if match:
         return str(match.group(1))
-    if "@" in value:
-        local, _, domain = value.partition("@")
+    if "@" in text:
+        local, _, domain = text.partition("@")
         return local if domain.lower() == "fedoraproject.org" and local else None
-    if "/" in value or " " in value:
+    if "/" in text or " " in text:
         return None
-    return value
+    return text
 
 
 def nvr_name(value: Any) -> str | None:
@@ -259,7 +259,9 @@ class ServiceFile(StrictModel):
     icon: str | None = None
     let: dict[str, str] = Field(default_factory=dict)
     defaults: EntrySpec = Field(default_factory=EntrySpec)
-    topics: dict[str, EntrySpec] = Field(default_factory=dict)
+    # Entries are validated one by one (see _compile_service) so that a typo in one topic
+    # is reported with a "did you mean" and does not hide the problems of the others.
+    topics: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 Evaluator = Callable[..., Any]
@@ -322,9 +324,7 @@ def _compile(
     return CompiledExpr(name=name, source=source, where=where, run=run)
 
 
-def _compile_service(
-    env: SandboxedEnvironment, doc: LocatedDocument
-) -> tuple[CompiledService | None, list[Problem]]:
+def _compile_service(env: SandboxedEnvironment, doc: LocatedDocument) -> tuple[CompiledService | None, list[Problem]]:
     spec, problems = validate(ServiceFile, doc.data, doc)
     if spec is None:
         return None, problems
@@ -361,7 +361,11 @@ def _compile_service(
     fallback = CompiledEntry("*", tuple(service_lets + default_lets), dict(defaults))
     exact: dict[str, CompiledEntry] = {}
     globs: list[tuple[str, CompiledEntry]] = []
-    for pattern, entry_spec in spec.topics.items():
+    for pattern, raw in spec.topics.items():
+        entry_spec, found = validate(EntrySpec, raw, doc, ("topics", pattern))
+        problems.extend(found)
+        if entry_spec is None:
+            continue
         entry = CompiledEntry(
             pattern,
             tuple(service_lets + default_lets + lets(entry_spec.let, ("topics", pattern))),
@@ -378,9 +382,7 @@ def _compile_service(
     return CompiledService(names_, doc.file, spec.icon, exact, globs, fallback), []
 
 
-def load_services(
-    dirs: Sequence[Path], env: SandboxedEnvironment
-) -> tuple[dict[str, CompiledService], list[Problem]]:
+def load_services(dirs: Sequence[Path], env: SandboxedEnvironment) -> tuple[dict[str, CompiledService], list[Problem]]:
     """Every service of ``dirs``; a later directory's service replaces an earlier one's."""
     registry: dict[str, CompiledService] = {}
     problems: list[Problem] = []
