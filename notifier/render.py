@@ -46,7 +46,7 @@ from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.lexer import TOKEN_BLOCK_BEGIN, TOKEN_NAME, Token, TokenStream
-from jinja2.sandbox import ImmutableSandboxedEnvironment, modifies_known_mutable
+from jinja2.sandbox import ImmutableSandboxedEnvironment, modifies_known_mutable, safe_range
 from markupsafe import Markup
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ RENDER_CACHE_SIZE = 4096
 # (``'x' * 10**10``) or spin the CPU (``9 ** 9 ** 9``) in the daemon.
 MAX_SEQUENCE_LENGTH = 1_000_000
 MAX_INT_BITS = 4096
+# range() items a single rendering may create in total: nested loops over range()
+# would otherwise multiply jinja2's per-call limit (100,000) into a hang.
+RANGE_BUDGET = 100_000
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -70,6 +73,15 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     # Intercepted operators are also excluded from compile-time constant folding,
     # so the limits hold for literals in the template as well.
     intercepted_binops = frozenset({"*", "**", "+"})
+    range_left = RANGE_BUDGET
+
+    def bounded_range(self, *args: int) -> range:
+        """``range()`` for templates, within one budget per rendering (reset by the renderer)."""
+        items = safe_range(*args)
+        self.range_left -= len(items)
+        if self.range_left < 0:
+            raise SecurityError(f"templates may create at most {RANGE_BUDGET} range() items per rendering")
+        return items
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # For JSON objects ``.name`` means the field: ``body.update.title`` of a bodhi
@@ -181,6 +193,9 @@ def _environment(loader: jinja2.BaseLoader, *, html_part: bool) -> _Sandbox:
     )
     env.filters.update(_HELPERS)
     env.globals.update(_HELPERS)
+    env.globals["range"] = env.bounded_range
+    # lipsum(n) builds n paragraphs: useless in a notification, a memory lever in a template.
+    env.globals.pop("lipsum", None)
     if html_part:
         env.filters["safe"] = _not_safe
     return env
@@ -463,6 +478,7 @@ class Renderer:
 
     def _render_parts(self, backend_cls: type[Backend], name: str, context: dict[str, Any]) -> dict[str, str]:
         self.stats["renders"] += 1
+        self.text_env.range_left = self.html_env.range_left = RANGE_BUDGET
         out: dict[str, str] = {}
         single = len(backend_cls.parts) == 1
         for part in backend_cls.parts:

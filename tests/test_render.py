@@ -294,6 +294,8 @@ SANDBOX_ESCAPES = [
     "{{ 10 ** 100000000 }}",
     "{% set ns = namespace(s='xx') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
     "{{ '{0.__class__}'.format(body) }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{{ lipsum(10000000) }}",
 ]
 
 
