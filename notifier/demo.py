@@ -39,8 +39,11 @@ def free_port() -> int:
 
 
 def demo_config_text(endpoint: str, state: Path) -> str:
-    # Every account the shipped rules name (firehose, desktop, mail) prints on the console.
-    accounts = "".join(f"  {name}: {{backend: console}}\n" for name in ("firehose", "desktop", "mail"))
+    # The accounts the shipped rules name: firehose and desktop print on the console, mail
+    # goes to a Maildir beside the demo's state (no SMTP server needed).
+    accounts = "".join(f"  {name}: {{backend: console}}\n" for name in ("firehose", "desktop"))
+    maildir = state.parent / "Maildir"
+    accounts += f'  mail: {{backend: email, smtp: "maildir:{maildir}", from: "demo <demo@localhost>"}}\n'
     return f"bus:\n  endpoints: [{endpoint}]\naccounts:\n{accounts}state: {state}\n"
 
 
