@@ -190,3 +190,50 @@ def test_finish_part_normalises_cr_and_nul() -> None:
     """A lone CR could reach an SMTP or IRC server from template literal text."""
     assert sanitize.finish_part("a\r\nb\rc\x00d\n", line=False) == "a\nb\ncd"
     assert sanitize.finish_part(" a\r\n\t b \u2029 c ", line=True) == "a b c"
+
+
+def _registered_backends() -> list[type[Backend]]:
+    from fedmsg_notify.backends import backend_class, backend_names
+
+    found = []
+    for name in backend_names():
+        try:
+            found.append(backend_class(name))
+        except ImportError:  # an optional backend whose module cannot load here
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Renderer:
+    """The shipped templates only, as a fresh install renders them."""
+    return Renderer([])
+
+
+@settings(max_examples=60, deadline=None)
+@given(title=hostile_text, subtitle=hostile_text, link=hostile_text, comment=hostile_text)
+def test_every_backend_with_shipped_templates_is_injection_proof(
+    shipped: Renderer, title: str, subtitle: str, link: str, comment: str
+) -> None:
+    """Some backend's shipped template could pass a CR/LF, NUL or raw markup from a message to its server."""
+    msg = Message.from_envelope(
+        {
+            "topic": "org.fedoraproject.prod.bodhi.update.comment",
+            "msg": {"comment": {"text": f"<evil-tag>{comment}", "user": {"name": title}}, "agent": subtitle},
+            "timestamp": 1,
+            "msg_id": f"x-{next(_ids)}",
+        }
+    )
+    title, subtitle = f"<evil-tag>{title}", f"{subtitle}<evil-tag>"
+    meta = Meta(title=title, subtitle=subtitle, link=link, icon=None, agent=subtitle, usernames=(), packages=())
+    route = Route(Destination("acct", "#chan"), Rule("r", "f.yaml"))
+    assert len(_registered_backends()) >= 2
+    for backend in _registered_backends():
+        out = shipped.render(backend, msg, meta, route)
+        assert set(out) == set(backend.parts)
+        for part, text in out.items():
+            assert "\x00" not in text and "\r" not in text, (backend.name, part)
+            if part in backend.line_parts:
+                assert not LINE_BREAKS.search(text), (backend.name, part)
+            if part in backend.html_parts:
+                assert "<evil-tag>" not in text, (backend.name, part)
