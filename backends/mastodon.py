@@ -69,6 +69,8 @@ ELLIPSIS = "…"
 # Waiting this long for a rate-limit window we know nothing about is a guess; a 429
 # without Retry-After or X-RateLimit-Reset is rare.
 DEFAULT_RETRY_AFTER = 60.0
+# How soon to look at an unreadable token file again.
+TOKEN_RETRY = 60.0
 # An error text from the server is shown in logs and `status`; keep it to one short line.
 MAX_ERROR_TEXT = 300
 USER_AGENT = "fedmsg-notify (+https://github.com/fedora-infra/fedmsg-notify)"
@@ -81,10 +83,10 @@ URL_RE = re.compile(r"(?<![A-Za-z0-9@$#])https?://[^\s<>\"'`]+?(?=[.,;:!?)\]}'\"
 # twitter-text only takes a link whose host ends in a top-level domain; for others
 # (localhost, a bare IP) the server counts every character, and so do we.
 DOMAIN_RE = re.compile(r"^https?://(?:[^/?#@\s]*@)?[^/?#:\s]+\.[^\W\d_]{2,}\.?(?::\d+)?(?:[/?#]|$)", re.IGNORECASE)
-# A remote mention (Account::MENTION_RE): the server counts only "@user", and would
-# notify that user. Content from the bus must not do that.
-MENTION_RE = re.compile(r"(?<![\w/@])@(\w+(?:[\w.-]*\w)?)@([\w.-]*\w)", re.UNICODE)
-LOCAL_MENTION_RE = re.compile(r"(?<![\w/@])@(\w+(?:[\w.-]*\w)?)(?![\w@])", re.UNICODE)
+# A mention (Account::MENTION_RE: "@user" or "@user@host" after a non-word character)
+# would notify that user, or DM them on a "direct" post. Content from the bus must
+# not do that: every "@" that could start one is defused (a superset of Mastodon's rule).
+MENTION_RE = re.compile(r"(?<!\w)@(?=\w)")
 HASHTAG_RE = re.compile(r"^\w+$", re.UNICODE)
 # U+2060 WORD JOINER after "@" breaks Mastodon's mention regex yet renders as nothing.
 MENTION_BREAK = "@\u2060"
@@ -164,8 +166,7 @@ def instance_url(value: str) -> str:
 
 def defuse_mentions(text: str) -> str:
     """Stop ``@user`` / ``@user@host`` in message content from notifying (or DMing) anyone."""
-    text = MENTION_RE.sub(lambda m: f"{MENTION_BREAK}{m.group(1)}@{m.group(2)}", text)
-    return LOCAL_MENTION_RE.sub(lambda m: f"{MENTION_BREAK}{m.group(1)}", text)
+    return MENTION_RE.sub(MENTION_BREAK, text)
 
 
 def status_length(text: str, url_length: int = DEFAULT_URL_LENGTH) -> int:
@@ -443,14 +444,17 @@ class MastodonBackend(Backend):
             self._client = None
 
     def _read_token(self) -> SecretStr:
+        # Temporary, not permanent: the engine retries the start before each send, so
+        # once the operator fixes the file the queued posts go out instead of being lost.
         path = self.settings.token_file
         try:
             token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             reason = f"account '{self.account_name}': cannot read token_file {path}: {exc.strerror}"
-            raise PermanentFailure(reason) from exc
+            raise TemporaryFailure(reason, retry_after=TOKEN_RETRY) from exc
         if not token or any(ch.isspace() for ch in token):
-            raise PermanentFailure(f"account '{self.account_name}': token_file {path} must hold one access token")
+            reason = f"account '{self.account_name}': token_file {path} must hold exactly one access token"
+            raise TemporaryFailure(reason, retry_after=TOKEN_RETRY)
         return SecretStr(token)
 
     async def _load_limits(self) -> None:
@@ -562,7 +566,7 @@ class MastodonBackend(Backend):
     # -- flood coalescing --
 
     def summarise(self, items: Sequence[Item]) -> dict[str, str]:
-        """One post for a backlog: "12 bodhi update.request messages:" and a line per message."""
+        """One post for a backlog: "12 bodhi update request stable messages:" and a line per message."""
         limit = self.limits.max_characters
         url_length = self.limits.url_length
         total = sum(item.count for item in items)
@@ -594,7 +598,7 @@ def _subtopic(item: Item) -> str:
 def _summary_heading(items: Sequence[Item], total: int) -> str:
     subtopics = {_subtopic(item) for item in items}
     if len(subtopics) == 1:
-        return f"{total} {subtopics.pop()} messages:"
+        return f"{total} {subtopics.pop().replace('.', ' ')} messages:"
     per_service = Counter[str]()
     for item in items:
         per_service[item.service] += item.count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import textwrap
@@ -234,7 +235,7 @@ def test_any_content_becomes_a_post_within_the_limit(text: str, limit: int, spoi
     assert mastodon_length(status, payload.get("spoiler_text", "")) <= limit
     assert status_length(status) + len(payload.get("spoiler_text", "")) <= limit
     assert not any(ch in status for ch in "\x00\r\x1b\x7f")
-    assert re.search(r"(?<![\w/@])@\w", status) is None
+    assert re.search(r"(?<![=/\w])@[a-z0-9_]", status, re.IGNORECASE) is None  # Mastodon's mention rule
     if len(payload.get("spoiler_text", "")) + 25 <= limit:
         assert status.endswith(LINK)
 
@@ -407,12 +408,19 @@ async def test_unreachable_instance_is_temporary(token_file: Path) -> None:
     assert backend.limits.max_characters == 500
 
 
-async def test_unreadable_token_file_fails_start_clearly(server: MastodonServer, tmp_path: Path) -> None:
-    """A missing token file is reported at start with the account and the path."""
+async def test_unreadable_token_file_fails_start_clearly_until_fixed(server: MastodonServer, tmp_path: Path) -> None:
+    """A missing token file is reported with the account and the path, and posting works once it is there."""
     missing = tmp_path / "nope.token"
     backend = MastodonBackend("firehose", account(server.url, missing))
-    with pytest.raises(PermanentFailure, match=r"account 'firehose': cannot read token_file .*nope\.token"):
+    with pytest.raises(TemporaryFailure, match=r"account 'firehose': cannot read token_file .*nope\.token"):
         await backend.start()
+    missing.write_text(TOKEN, encoding="utf-8")
+    await backend.start()
+    try:
+        await backend.send(item("back"))
+    finally:
+        await backend.close()
+    assert len(server.statuses) == 1
 
 
 # --- flood coalescing ---------------------------------------------------------------
@@ -431,7 +439,7 @@ async def test_summary_of_a_backlog_fits_one_post(server: MastodonServer, make_b
     ]
     rendered = backend.summarise(items)
     text = rendered["status"]
-    assert text.startswith("40 bodhi.update.request.stable messages:\n• ralph submitted python-pkg00-1.0-1.fc44")
+    assert text.startswith("40 bodhi update request stable messages:\n• ralph submitted python-pkg00-1.0-1.fc44")
     assert status_length(text) <= 500
     shown = text.count("\n• ")
     assert 5 < shown < 40 and text.endswith(f"\n…and {40 - shown} more")
@@ -505,3 +513,108 @@ def test_valid_account_loads(tmp_path: Path, token_file: Path) -> None:
     assert loaded.options.instance == "https://fosstodon.org"
     assert loaded.options.visibility == "unlisted"
     assert account("http://127.0.0.1:9", token_file).instance == "http://127.0.0.1:9"
+
+
+# --- end to end through the daemon ----------------------------------------------------
+
+
+def write_config(tmp_path: Path, server: MastodonServer, token_file: Path, endpoint: str, pace: str = "") -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "firehose.yaml").write_text(
+        "rules:\n"
+        "  - name: firehose\n"
+        "    match: {topic: '*.bodhi.*'}\n"
+        "    deliver: [{via: firehose, visibility: unlisted}]\n",
+        encoding="utf-8",
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            bus: {{endpoints: ['{endpoint}']}}
+            accounts:
+              firehose: {{backend: mastodon, instance: '{server.url}', token_file: '{token_file}'{pace}}}
+            rules: ['{rules}']
+            state: '{tmp_path / "state.db"}'
+            """
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+async def run_daemon_until(config_path: Path, endpoint: str, count: int, done: Any, **daemon_options: Any) -> None:
+    """Run the daemon, publish ``count`` bodhi messages, and stop once ``done()`` holds (or 20 s pass)."""
+    from fedmsg_notify.daemon import Daemon
+    from fedmsg_notify.envelope import build_envelope
+    from fedmsg_notify.testing import publish_all
+
+    daemon = Daemon(load_config(config_path), **daemon_options)
+    ready = asyncio.Event()
+    running = asyncio.create_task(daemon.run(ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        messages = [
+            build_envelope(
+                "org.fedoraproject.prod.bodhi.update.comment",
+                {"comment": {"text": f"works for me {n}", "user": {"name": "ralph"},
+                             "update": {"title": f"python-pkg{n:02d}-1.0-1.fc44"}}},
+                i=n + 1,
+                username="bodhi",
+            )
+            for n in range(count)
+        ]
+        await asyncio.to_thread(publish_all, endpoint, messages)
+        for _ in range(400):
+            if done():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(running, 15)
+
+
+async def test_rejected_post_is_permanent_and_shown_by_status(
+    tmp_path: Path, server: MastodonServer, token_file: Path, endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A post the instance rejects (422) is not retried, and `fedmsg-notify status` shows the server's reason."""
+    from fedmsg_notify.cli import main
+
+    config = write_config(tmp_path, server, token_file, endpoint)
+    server.script.append(Scripted(status=422, error="Validation failed: Text character limit of 500 exceeded"))
+    await run_daemon_until(config, endpoint, 2, lambda: len(server.posts) >= 2 and len(server.statuses) >= 1)
+
+    assert len(server.posts) == 2  # the rejected one was not retried
+    assert [s["visibility"] for s in server.statuses] == ["unlisted"]
+    capsys.readouterr()
+    assert main(["status", "-c", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "firehose" in shown and "failed 1" in shown and "sent 1" in shown
+    assert "Validation failed: Text character limit of 500 exceeded" in shown
+    assert TOKEN not in shown
+
+
+async def test_flood_under_a_tight_rate_limit_is_coalesced_not_dropped(
+    tmp_path: Path, server: MastodonServer, token_file: Path, endpoint: str
+) -> None:
+    """Thirty messages for an account allowed one post a second become a few posts that account for all thirty."""
+    from fedmsg_notify.coalesce import Coalescer
+
+    config = write_config(tmp_path, server, token_file, endpoint, pace=", rate: 1, burst: 1")
+
+    def represented() -> int:
+        total = 0
+        for status in server.statuses:
+            head = re.match(r"(\d+) [\w ]+ messages:\n", status["content"])
+            total += int(head.group(1)) if head else 1
+        return total
+
+    await run_daemon_until(config, endpoint, 30, lambda: represented() >= 30, coalescer=Coalescer(horizon=1.0))
+
+    assert represented() == 30
+    assert len(server.statuses) < 10
+    summaries = [s["content"] for s in server.statuses if re.match(r"\d+ [\w ]+ messages:\n", s["content"])]
+    assert summaries, [s["content"] for s in server.statuses]
+    assert all(mastodon_length(text) <= 500 for text in summaries)
+    assert len({post.headers["idempotency-key"] for post in server.posts}) == len(server.posts)
