@@ -126,6 +126,15 @@ def test_missing_explicit_template_falls_back_with_a_warning(
     assert "template 'nope.j2' not found" in caplog.text
 
 
+@pytest.mark.parametrize("name", ["/etc/passwd", "../../../../../../etc/passwd", "console/../../../etc/hostname"])
+def test_explicit_template_cannot_name_host_files(tmp_path: Path, sample_message: Message, name: str) -> None:
+    """A rule file's `template:` could make the daemon send a host file to a channel."""
+    write(tmp_path, "console/default.j2", "default")
+    renderer = Renderer([tmp_path / "console"])
+    assert not renderer.exists(name)
+    assert render(Renderer([tmp_path]), ConsoleBackend, sample_message, route(name)) == {"line": "default"}
+
+
 def test_resolution_is_cached_per_backend_and_subtopic(tmp_path: Path) -> None:
     """Every message would walk the template directories again (a stat storm under load)."""
     renderer = Renderer([tmp_path])
