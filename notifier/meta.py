@@ -42,7 +42,7 @@ from typing import Any
 from fedmsg_notify.envelope import KNOWN_ENVS, Message
 from fedmsg_notify.validation import StrictModel, validate
 from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
-from jinja2 import ChainableUndefined, TemplateError, Undefined
+from jinja2 import ChainableUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field
 
@@ -232,6 +232,10 @@ def make_environment() -> SandboxedEnvironment:
     env = _MetaEnvironment(undefined=ChainableUndefined, autoescape=False)
     env.filters.update(FILTERS)
     env.tests["startingwith"] = _startswith
+    # Internal helpers of the combined per-entry template (see _combine).
+    env.filters["_first_user"] = _first_user
+    env.filters["_text"] = _text
+    env.globals.update({"_generic_agent": generic_agent, "_generic_link": generic_link})
     env.globals.update({"fas_user": fas_user, "nvr_name": nvr_name, "names": names})
     return env
 
@@ -284,6 +288,10 @@ class CompiledEntry:
     pattern: str
     lets: tuple[CompiledExpr, ...]
     fields: dict[str, CompiledExpr]
+    # All of the above as one template of ``{% set %}`` statements: one jinja2 call per
+    # message instead of one per expression (jinja2's per-call context setup dominates).
+    # Any failure in it reruns the expressions one by one to find and report the culprit.
+    fast: Template | None = None
 
 
 @dataclass(slots=True)
@@ -377,9 +385,36 @@ def _compile_service(env: SandboxedEnvironment, doc: LocatedDocument) -> tuple[C
             exact.setdefault(pattern, entry)
     if problems:
         return None, problems
+    for entry in (fallback, *exact.values(), *(e for _, e in globs)):
+        entry.fast = _combine(env, entry)
     # The most specific pattern wins: more literal characters first, file order breaks ties.
     globs.sort(key=lambda item: -len(item[0].replace("*", "").replace("?", "")))
     return CompiledService(names_, doc.file, spec.icon, exact, globs, fallback), []
+
+
+# How each field's raw value becomes its final value inside the combined template; the
+# second form is used when no entry defines the field (the generic value).
+_FAST_FIELDS = (
+    ("agent", "({}) | _first_user", "_generic_agent(body)"),
+    ("usernames", "({}) | names", "[agent] | names"),
+    ("packages", "({}) | names", "()"),
+    ("link", "({}) | _text", "_generic_link(body)"),
+    ("icon", "(({}) | _text) or _icon", "_icon"),
+    ("title", "(({}) | _text) or subtopic or topic", "subtopic or topic"),
+    ("subtitle", "({}) | _text", "none"),
+)
+
+
+def _combine(env: SandboxedEnvironment, entry: CompiledEntry) -> Template | None:
+    lines = [f"{{% set {let.name[4:]} = ({let.source}) %}}" for let in entry.lets]
+    for name, wrap, generic in _FAST_FIELDS:
+        expr = entry.fields.get(name)
+        lines.append(f"{{% set {name} = {wrap.format(expr.source) if expr else generic} %}}")
+    try:
+        return env.from_string("".join(lines))
+    except TemplateError:  # pragma: no cover - every part compiled on its own already
+        log.exception("cannot combine the expressions of %s; evaluating them one by one", entry.pattern)
+        return None
 
 
 def load_services(dirs: Sequence[Path], env: SandboxedEnvironment) -> tuple[dict[str, CompiledService], list[Problem]]:
@@ -538,7 +573,6 @@ class MetaEngine:
         service_name, rest = _split(message)
         body = message.body
         service = self.services.get(service_name)
-        agent: str | None
         if service is None:
             agent = generic_agent(body)
             return Meta(
@@ -560,12 +594,46 @@ class MetaEngine:
             "service": service_name,
             "env": message.parts.env,
             "rest": rest,
+            "_icon": service.icon or GENERIC_ICON,
+        }
+        if entry.fast is not None:
+            try:
+                done = entry.fast.make_module(ctx).__dict__
+            except Exception:
+                pass  # the slow path below finds, logs and replaces the failing field
+            else:
+                return Meta(
+                    done["title"],
+                    done["subtitle"] or generic_subtitle(service_name, rest, done["agent"]),
+                    done["link"],
+                    done["icon"],
+                    done["agent"],
+                    done["usernames"],
+                    done["packages"],
+                )
+        return self._compute_slowly(service, entry, message, service_name, rest)
+
+    def _compute_slowly(
+        self, service: CompiledService, entry: CompiledEntry, message: Message, service_name: str, rest: str
+    ) -> Meta:
+        """One expression at a time, so a failing one is reported and replaced by its generic value."""
+        body = message.body
+        ctx: dict[str, Any] = {
+            "body": body,
+            "msg": body,
+            "message": message.envelope,
+            "topic": message.topic,
+            "subtopic": message.parts.subtopic,
+            "service": service_name,
+            "env": message.parts.env,
+            "rest": rest,
         }
         for let in entry.lets:
             ctx[let.name[4:]] = self._run(service, let, ctx, None)
         fields = entry.fields
 
         expr: CompiledExpr | None = fields.get("agent")
+        agent: str | None
         agent = _first_user(self._run(service, expr, ctx, generic_agent(body))) if expr else generic_agent(body)
         ctx["agent"] = agent
 
