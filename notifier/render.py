@@ -58,6 +58,11 @@ DIGEST_CONTEXT = frozenset({"messages", "count", "rule", "destination"})
 # Rendered parts of recent (template, message) pairs: enough for every destination
 # of a burst of messages to share one rendering, small enough to never matter.
 RENDER_CACHE_SIZE = 4096
+# Topics come from the bus: lookups per (backend, subtopic) are bounded, not one per topic ever seen.
+LOOKUP_CACHE_SIZE = 10_000
+# Longest topic prefix tried as a file name; real topics have 3-5 parts after the env,
+# and a hostile 10,000-part topic must not cost 10,000 file lookups.
+MAX_TOPIC_PARTS = 8
 # Sandbox arithmetic limits: a template must not be able to allocate gigabytes
 # (``'x' * 10**10``) or spin the CPU (``9 ** 9 ** 9``) in the daemon.
 MAX_SEQUENCE_LENGTH = 1_000_000
@@ -204,11 +209,31 @@ def _environment(loader: jinja2.BaseLoader, *, html_part: bool) -> _Sandbox:
 def candidates(backend: str, subtopic: str, explicit: str | None = None) -> list[str]:
     """Template names to try, in SPEC order, for ``backend`` and topic part ``subtopic``."""
     names = [explicit] if explicit else []
-    parts = [p for p in subtopic.split(".") if p]
+    parts = [p for p in subtopic.split(".") if p][:MAX_TOPIC_PARTS]
     for n in range(len(parts), 0, -1):
         names.append(f"{backend}/{'.'.join(parts[:n])}.j2")
     names.append(f"{backend}/default.j2")
     return names
+
+
+class _LRU(OrderedDict[Any, Any]):
+    """A dict that forgets its least recently used entries beyond ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def lookup(self, key: Any) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def store(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.size:
+            self.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +305,11 @@ class Renderer:
         )
         self.text_env = _environment(self.loader, html_part=False)
         self.html_env = _environment(self.loader, html_part=True)
-        self._exists: dict[str, bool] = {}
-        self._resolved: dict[tuple[str, str, str | None], str | None] = {}
+        self._exists = _LRU(LOOKUP_CACHE_SIZE)
+        self._resolved = _LRU(LOOKUP_CACHE_SIZE)
         self._templates: dict[tuple[str, bool], jinja2.Template | Exception] = {}
         self._analyses: dict[str, _Analysis] = {}
-        self._rendered: OrderedDict[tuple[Any, ...], tuple[tuple[str, str], ...]] = OrderedDict()
+        self._rendered = _LRU(RENDER_CACHE_SIZE)
         self._reported: set[tuple[str, int | None, str]] = set()
         # renders / cache_hits / resolutions / failures / fallbacks: for tests and status.
         self.stats: Counter[str] = Counter()
@@ -293,26 +318,29 @@ class Renderer:
 
     def exists(self, name: str) -> bool:
         """Whether ``name`` (relative to the template directories) names a template (cached)."""
-        found = self._exists.get(name)
+        found: bool | None = self._exists.lookup(name)
         if found is None:
             try:
                 self.loader.get_source(self.text_env, name)
                 found = True
-            except jinja2.TemplateNotFound:
+            except (jinja2.TemplateNotFound, OSError, ValueError):  # ValueError: a NUL in the name
                 found = False
-            self._exists[name] = found
+            self._exists.store(name, found)
         return found
 
     def resolve(self, backend: str, subtopic: str, explicit: str | None = None) -> str | None:
         """The first existing template name in SPEC order, cached per (backend, subtopic, explicit)."""
         key = (backend, subtopic, explicit)
-        if key not in self._resolved:
+        # Stored as a 1-tuple so that "no template at all" (None) is cached too.
+        cached: tuple[str | None] | None = self._resolved.lookup(key)
+        if cached is None:
             self.stats["resolutions"] += 1
             found = next((name for name in candidates(backend, subtopic, explicit) if self.exists(name)), None)
             if explicit and found != explicit:
                 log.warning("template '%s' not found in %s; using %s", explicit, self._dirs(), found)
-            self._resolved[key] = found
-        return self._resolved[key]
+            cached = (found,)
+            self._resolved.store(key, cached)
+        return cached[0]
 
     def template_for(self, backend_cls: type[Backend], message: Message, route: Route) -> str | None:
         """The template name ``render`` starts from for this message and destination (for ``explain``)."""
@@ -465,15 +493,12 @@ class Renderer:
             (route.rule.name, route.rule.file) if used is None or "rule" in used else None,
             route.destination if used is None or "destination" in used else None,
         )
-        cached = self._rendered.get(key)
+        cached: tuple[tuple[str, str], ...] | None = self._rendered.lookup(key)
         if cached is not None:
-            self._rendered.move_to_end(key)
             self.stats["cache_hits"] += 1
             return dict(cached)
         parts = self._render_parts(backend_cls, name, context)
-        self._rendered[key] = tuple(parts.items())
-        if len(self._rendered) > RENDER_CACHE_SIZE:
-            self._rendered.popitem(last=False)
+        self._rendered.store(key, tuple(parts.items()))
         return parts
 
     def _render_parts(self, backend_cls: type[Backend], name: str, context: dict[str, Any]) -> dict[str, str]:

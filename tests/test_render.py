@@ -135,6 +135,15 @@ def test_explicit_template_cannot_name_host_files(tmp_path: Path, sample_message
     assert render(Renderer([tmp_path]), ConsoleBackend, sample_message, route(name)) == {"line": "default"}
 
 
+def test_hostile_topics_resolve_cheaply_to_the_default(tmp_path: Path) -> None:
+    """A 10,000-part topic or a NUL in a topic could stall or crash rendering with file lookups."""
+    write(tmp_path, "console/default.j2", "default")
+    renderer = Renderer([tmp_path])
+    assert len(candidates("console", ".".join(["x"] * 10_000))) == 9
+    for topic in ("a.prod." + ".".join(["x"] * 10_000), "a.prod.b\x00c.d", "a.prod." + "y" * 5000):
+        assert render(renderer, ConsoleBackend, message(topic)) == {"line": "default"}
+
+
 def test_resolution_is_cached_per_backend_and_subtopic(tmp_path: Path) -> None:
     """Every message would walk the template directories again (a stat storm under load)."""
     renderer = Renderer([tmp_path])
