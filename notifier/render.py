@@ -5,19 +5,33 @@ environment): the destination's ``template``; ``B/s.o.e.j2``; ``B/s.o.j2``;
 ``B/s.j2``; ``B/default.j2`` — user template directories before the shipped
 ``templates/``. The shipped templates stay reachable as ``@shipped/<name>``, so a
 user template can ``{% extends "@shipped/email/default.j2" %}`` and override one block.
+Digests use ``B/digest.j2`` with ``messages`` (``message``, ``topic``, ``meta``,
+``rendered`` each) and ``count`` (the true total); a one-message digest is rendered
+like a normal delivery.
+
+Context: ``message`` (the envelope), ``body`` (its ``msg``), ``topic``, ``service``,
+``meta``, ``rule`` (``name``, ``file``), ``destination`` (``account``, ``to``).
+Helpers (functions and filters): ``ago(ts)``, ``isotime(ts)``, ``irc_color(text,
+service)``, ``irc_bold(text)``. ``None`` prints as nothing; ``trim_blocks`` and
+``lstrip_blocks`` are on, so block tags on their own line leave no blank lines.
+On JSON objects ``.name`` reads the field even when a dict method has that name
+(``body.update``).
 
 Single-part backends render the whole template; multi-part backends render one
-``{% block <part> %}`` per part. Parts in ``html_parts`` come from a second
-environment with autoescaping forced on (``|safe`` and ``{% autoescape %}`` are
-disabled there). Every expression's value passes :func:`sanitize.finalize` and every
-part :func:`sanitize.finish_part`, so message content cannot inject protocol lines,
-headers, markup or control codes into any backend.
+``{% block <part> %}`` per part (an absent block is an empty part; ``check`` says so).
+Parts in ``html_parts`` come from a second environment with autoescaping forced on
+(``|safe`` and ``{% autoescape %}`` are disabled there). Every expression's value
+passes :func:`sanitize.finalize` and every part :func:`sanitize.finish_part`, so
+message content cannot inject protocol lines, headers, markup or control codes into
+any backend.
 
 Templates run in jinja2's immutable sandbox with ``StrictUndefined``: no access to
-Python internals, no file or module access, bounded arithmetic. A template that fails
-(syntax, sandbox violation, undefined name) is logged once with its file and line and
-that delivery falls back to the backend's shipped ``default.j2``, then to a built-in
-plain sentence; rendering never raises to the caller.
+Python internals, no file or module access, bounded arithmetic and ``range()``. A
+template that fails (syntax, sandbox violation, undefined name) is logged once with
+its file and line and that delivery falls back to the backend's shipped
+``default.j2``, then to a built-in plain sentence; rendering never raises to the
+caller. Each (template, message) is rendered once however many destinations share
+it (the destination and rule only enter the cache key when the template reads them).
 """
 
 from __future__ import annotations

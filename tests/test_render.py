@@ -466,3 +466,24 @@ def test_check_flags_missing_blocks_of_a_known_multi_part_backend(tmp_path: Path
 def test_shipped_templates_pass_check() -> None:
     """A shipped default template would be broken for every user."""
     assert [str(p) for p in Renderer([]).check()] == []
+
+
+def test_every_sample_renders_through_every_shipped_template(samples: list[dict[str, Any]]) -> None:
+    """Some real message would hit a broken shipped template and arrive as the bare fallback sentence."""
+    from fedmsg_notify.backends import backend_class, backend_names
+    from fedmsg_notify.meta import compute_meta as real_meta
+
+    renderer = Renderer([])
+    backends = []
+    for name in backend_names():
+        try:
+            backends.append(backend_class(name))
+        except ImportError:
+            continue
+    for sample in samples:
+        msg = Message.from_envelope({"timestamp": 1344350200, **sample["message"]})
+        meta = real_meta(msg)
+        for backend in backends:
+            out = renderer.render(backend, msg, meta, route())
+            assert renderer.stats["failures"] == 0, (sample["id"], backend.name)
+            assert all(out[part] for part in backend.line_parts), (sample["id"], backend.name, out)
