@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +56,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     form: dict[str, str]
+    # time.monotonic() when the request arrived.
+    at: float = 0.0
 
 
 class MastodonServer:
@@ -159,7 +162,7 @@ def _handler(server: MastodonServer) -> type[BaseHTTPRequestHandler]:
 
         def _record(self, form: dict[str, str]) -> dict[str, str]:
             headers = {k.lower(): v for k, v in self.headers.items()}
-            server.requests.append(Recorded(self.command, self.path, headers, form))
+            server.requests.append(Recorded(self.command, self.path, headers, form, time.monotonic()))
             return headers
 
         def _reply(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:

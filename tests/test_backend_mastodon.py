@@ -618,3 +618,20 @@ async def test_flood_under_a_tight_rate_limit_is_coalesced_not_dropped(
     assert summaries, [s["content"] for s in server.statuses]
     assert all(mastodon_length(text) <= 500 for text in summaries)
     assert len({post.headers["idempotency-key"] for post in server.posts}) == len(server.posts)
+
+
+async def test_rate_limited_post_is_retried_after_retry_after_and_posted_once(
+    tmp_path: Path, server: MastodonServer, token_file: Path, endpoint: str
+) -> None:
+    """Through the daemon, a 429 with Retry-After: 1 delays the post by a second and it then appears once."""
+    config = write_config(tmp_path, server, token_file, endpoint)
+    server.script.append(
+        Scripted(status=429, error="Too many requests", headers={"Retry-After": "1", "X-RateLimit-Remaining": "0"})
+    )
+    await run_daemon_until(config, endpoint, 1, lambda: len(server.statuses) >= 1)
+
+    assert len(server.statuses) == 1
+    assert len(server.posts) == 2
+    first, second = server.posts
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    assert second.at - first.at >= 1.0
