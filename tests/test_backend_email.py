@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import json
 import logging
 import mailbox
@@ -24,7 +26,11 @@ from fedmsg_notify.backends.email.compose import Sender, compose, parse_address
 from fedmsg_notify.bus import Publisher
 from fedmsg_notify.config import load_config
 from fedmsg_notify.daemon import Daemon
+from fedmsg_notify.envelope import Message
+from fedmsg_notify.meta import MetaEngine
+from fedmsg_notify.render import Renderer
 from fedmsg_notify.retry import RetryPolicy
+from fedmsg_notify.rules import Route, Rule
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -647,3 +653,90 @@ async def test_digest_pending_across_a_restart_is_sent_once(
     [got] = server.delivered
     assert got.mail["X-Fedmsg-Count"] == "3"
     assert got.mail["Subject"] == "3 updates: bodhi"
+
+
+# -- the shipped email templates through the real renderer --------------------------------------------
+
+
+@functools.cache
+def meta_engine() -> MetaEngine:
+    """The shipped service knowledge, loaded once: compiling every service file takes a moment."""
+    return MetaEngine(())
+
+
+def rendered_for(envelope: dict[str, Any], **meta_changes: Any) -> tuple[dict[str, str], Message]:
+    message = Message.from_envelope(envelope)
+    meta = dataclasses.replace(meta_engine().compute(message), **meta_changes)
+    route = Route(Destination("mail", TO), Rule("bodhi news on my packages", "/home/ralph/rules.d/mine.yaml"))
+    return Renderer().render(EmailBackend, message, meta, route), message
+
+
+def test_shipped_email_templates_pass_check() -> None:
+    """`fedmsg-notify check` finds nothing wrong in the shipped email templates."""
+    problems = [str(p) for p in Renderer().check() if "/email/" in p.position.file]
+    assert problems == []
+
+
+def test_single_mail_says_what_happened_and_which_rule_sent_it(samples: list[dict[str, Any]]) -> None:
+    """The subject is the event's sentence, and the footer names the rule, its file and `explain`."""
+    parts, _ = rendered_for(bodhi_comment(samples))
+    assert parts["subject"] == "[bodhi] kalev commented on bodhi update FEDORA-2019-46910daf41"
+    for part in ("text", "html"):
+        assert "bodhi news on my packages" in parts[part]
+        assert "/home/ralph/rules.d/mine.yaml" in parts[part]
+        assert "fedmsg-notify explain" in parts[part]
+    assert 'href="https://bodhi.fedoraproject.org/updates/FEDORA-2019-46910daf41"' in parts["html"]
+
+
+def test_html_part_is_escaped_and_links_only_http(samples: list[dict[str, Any]]) -> None:
+    """Markup and a javascript: link from a message show as text; the subject stays one line."""
+    parts, _ = rendered_for(
+        bodhi_comment(samples),
+        subtitle='<script>alert("x")</script>\r\nBcc: evil@x.example',
+        link="javascript:alert(1)",
+        packages=("<img src=x onerror=alert(1)>",),
+    )
+    assert "<script>" not in parts["html"] and "&lt;script&gt;" in parts["html"]
+    assert "<img" not in parts["html"] and "&lt;img" in parts["html"]
+    assert 'href="javascript' not in parts["html"]
+    assert "\n" not in parts["subject"] and "\r" not in parts["subject"]
+    mail = compose(
+        make_item(rendered=parts, meta={"packages": ["<img src=x onerror=alert(1)>"]}),
+        Sender.from_header(FROM),
+        parse_address(TO, what="to"),
+    )
+    assert mail["Bcc"] is None
+
+
+def test_digest_template_numbers_groups_and_keeps_the_true_count(samples: list[dict[str, Any]]) -> None:
+    """A capped digest lists the shown entries by number, groups them by service and says how many are left out."""
+    bodhi = bodhi_comment(samples)
+    koji = next(s["message"] for s in samples if ".buildsys.build.state.change" in s["message"]["topic"])
+    engine = meta_engine()
+    entries = []
+    for n, envelope in enumerate([bodhi, koji, bodhi]):
+        message = Message.from_envelope({**envelope, "msg_id": f"m{n}"})
+        entries.append({"message": message.envelope, "topic": message.topic, "meta": engine.compute(message).as_dict()})
+    route = Route(Destination("mail", TO), Rule("hourly", "/home/ralph/rules.d/mine.yaml"))
+    parts = Renderer().render_digest(EmailBackend, entries, route, 40)
+    assert parts["subject"] == "40 updates: bodhi, buildsys, …"
+    text = parts["text"]
+    assert text.index("  1. [bodhi]") < text.index("  2. [buildsys]") < text.index("  3. [bodhi]")
+    assert text.index("== bodhi ==") < text.index("== buildsys ==")
+    assert "... and 37 more not shown here" in text
+    assert "<li>" in parts["html"] and "37 more" in parts["html"]
+
+
+async def test_one_message_digest_is_a_normal_mail(
+    server: Handler, port: int, tmp_path: Path, samples: list[dict[str, Any]]
+) -> None:
+    """A digest window that caught a single message delivers it as the ordinary mail, threaded and all."""
+    config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}, digest: {{every: 1s}}}}")
+    async with running(config):
+        await publish(bus, [bodhi_comment(samples)])
+        await until(lambda: len(server.delivered) == 1)
+    mail = server.delivered[0].mail
+    assert mail["Subject"] == "[bodhi] kalev commented on bodhi update FEDORA-2019-46910daf41"
+    assert mail["X-Fedmsg-Count"] is None
+    assert mail["References"] is not None
+    assert mail["X-Fedmsg-Topic"] == "org.fedoraproject.prod.bodhi.update.comment"
