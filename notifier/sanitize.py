@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from markupsafe import Markup
@@ -109,6 +110,21 @@ def finish_part(text: str, *, line: bool) -> str:
     if line:
         return one_line(text)
     return text.strip()
+
+
+def finish_parts(
+    parts: Mapping[str, str], *, line_parts: Collection[str], html_parts: Collection[str] = ()
+) -> dict[str, str]:
+    """Parts built outside templates (flood summaries, built-in digests) made as safe as rendered ones.
+
+    Their text may quote message data (a topic's service name), so every non-HTML
+    part is cleaned like expression output and every part gets :func:`finish_part`.
+    """
+    out: dict[str, str] = {}
+    for part, text in parts.items():
+        clean = text if part in html_parts else plain_text(text)
+        out[part] = finish_part(clean, line=part in line_parts)
+    return out
 
 
 def irc_colour_code(key: str) -> str:

@@ -237,3 +237,13 @@ def test_every_backend_with_shipped_templates_is_injection_proof(
                 assert not LINE_BREAKS.search(text), (backend.name, part)
             if part in backend.html_parts:
                 assert "<evil-tag>" not in text, (backend.name, part)
+
+
+def test_finish_parts_cleans_summaries_built_outside_templates() -> None:
+    """A flood summary naming a hostile topic's service could inject an IRC command."""
+    parts = {"line": "3 more (bo\r\nQUIT :x: 3)\x00", "body": "a\x1b[2J\r\nb", "html": "<b>x</b>\r"}
+    assert sanitize.finish_parts(parts, line_parts={"line"}, html_parts={"html"}) == {
+        "line": "3 more (bo QUIT :x: 3)",
+        "body": "a[2J\nb",
+        "html": "<b>x</b>",
+    }
