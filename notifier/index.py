@@ -16,16 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fedmsg_notify.envelope import Message
-from fedmsg_notify.match import Condition
+from fedmsg_notify.match import Condition, field_key, parse_path, resolve
 from fedmsg_notify.meta import Meta
 
-KINDS = ("topic", "tprefix", "tsuffix", "service", "user", "agent", "package")
+KINDS = ("topic", "tprefix", "tsuffix", "service", "user", "agent", "package", "field")
 
 
 class RuleIndex:
     """Rule ordinals by requirement key; ``residual`` rules are always candidates."""
 
-    __slots__ = ("residual", "tables")
+    __slots__ = ("field_paths", "residual", "tables")
 
     def __init__(self, conditions: Iterable[Condition]) -> None:
         tables: dict[str, dict[str, list[int]]] = {kind: {} for kind in KINDS}
@@ -39,6 +39,10 @@ class RuleIndex:
                 tables[kind].setdefault(value, []).append(ordinal)
         self.tables = {kind: {k: tuple(v) for k, v in table.items()} for kind, table in tables.items()}
         self.residual = tuple(residual)
+        # The distinct field paths rules index on (usually a handful: msg.owner, msg.agent...),
+        # each resolved once per message.
+        paths = {key.partition("\0")[0] for key in self.tables["field"]}
+        self.field_paths = tuple((path, parse_path(path)) for path in sorted(paths))
 
     def candidates(self, message: Message, meta: Meta) -> set[int]:
         """Ordinals of every rule that might match (a superset of those that do)."""
@@ -77,6 +81,17 @@ class RuleIndex:
             hit = packages.get(name)
             if hit:
                 found.update(hit)
+        if self.field_paths:
+            fields = tables["field"]
+            values: list[object] = []
+            for path, segments in self.field_paths:
+                values.clear()
+                resolve(message.envelope, segments, 0, values)
+                for value in values:
+                    if isinstance(value, str):
+                        hit = fields.get(field_key(path, value))
+                        if hit:
+                            found.update(hit)
         return found
 
     def stats(self) -> dict[str, int]:

@@ -156,7 +156,9 @@ class Glob:
     def index_key(self) -> tuple[tuple[str, str], int] | None:
         """The index key and its selectivity score, from the literal text the glob pins down."""
         if self.exact:
-            return ("topic", self.literal), 100
+            # Below users and packages: one exact topic (koji build state changes) can be a
+            # large share of all traffic, while a username or package is a tiny one.
+            return ("topic", self.literal), 40
         tokens = _glob_tokens(self.pattern)
         head = _literal_run(tokens)
         tail = _literal_run(list(reversed(tokens)))[::-1]
@@ -238,7 +240,12 @@ class Topic(Condition):
 
     def test(self, message: Message, meta: Meta) -> bool:
         topic = message.topic
-        return any(glob(topic) for glob in self.globs)
+        # Explicit loops: this runs for every candidate rule, and a generator costs more
+        # than the comparison it wraps.
+        for glob in self.globs:  # noqa: SIM110
+            if glob(topic):
+                return True
+        return False
 
     def why_not(self, message: Message, meta: Meta) -> str | None:
         return None if self.test(message, meta) else f"{self.describe()}: got {show(message.topic)}"
@@ -403,6 +410,11 @@ def parse_path(path: str) -> tuple[Any, ...]:
     return tuple(segments)
 
 
+def field_key(path: str, value: str) -> str:
+    """The index key of "the field at ``path`` equals ``value``" (NUL cannot occur in a path)."""
+    return f"{path}\0{value}"
+
+
 def resolve(node: Any, segments: Sequence[Any], start: int, out: list[Any]) -> None:
     """Append every value ``segments`` reaches from ``node`` (``[*]`` fans out)."""
     for position in range(start, len(segments)):
@@ -496,6 +508,14 @@ class Field(Condition):
             return bool(value < expected)
         return bool(value <= expected)  # le
 
+    def requirement(self) -> Requirement | None:
+        # "msg.owner equals $me" is as selective as a username: index string equality.
+        if self.op == "equals" and isinstance(self.expected, str):
+            return Requirement(frozenset({("field", field_key(self.path, self.expected))}), 60)
+        if self.op == "in" and self.expected and all(isinstance(v, str) for v in self.expected):
+            return Requirement(frozenset(("field", field_key(self.path, v)) for v in self.expected), 60)
+        return None
+
     def why_not(self, message: Message, meta: Meta) -> str | None:
         if self.test(message, meta):
             return None
@@ -520,7 +540,10 @@ class All(Condition):
         self.children = tuple(children)
 
     def test(self, message: Message, meta: Meta) -> bool:
-        return all(child.test(message, meta) for child in self.children)
+        for child in self.children:  # noqa: SIM110 (hot path: no generator)
+            if not child.test(message, meta):
+                return False
+        return True
 
     def why_not(self, message: Message, meta: Meta) -> str | None:
         for child in self.children:
@@ -550,7 +573,10 @@ class AnyOf(Condition):
         self.children = tuple(children)
 
     def test(self, message: Message, meta: Meta) -> bool:
-        return any(child.test(message, meta) for child in self.children)
+        for child in self.children:  # noqa: SIM110 (hot path: no generator)
+            if child.test(message, meta):
+                return True
+        return False
 
     def why_not(self, message: Message, meta: Meta) -> str | None:
         if self.test(message, meta):

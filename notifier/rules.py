@@ -455,6 +455,13 @@ class RuleSet:
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self.files = files
         self.index = RuleIndex(rule.condition for rule in self.rules)
+        # Destinations numbered once here, so dedup per message compares small ints
+        # instead of hashing dataclasses.
+        numbers: dict[Destination, int] = {}
+        self._plan: tuple[tuple[Condition, tuple[tuple[int, Route], ...]], ...] = tuple(
+            (rule.condition, tuple((numbers.setdefault(r.destination, len(numbers)), r) for r in rule.routes))
+            for rule in self.rules
+        )
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -524,16 +531,16 @@ class RuleSet:
 
     def routes(self, message: Message, meta: Meta) -> list[Route]:
         """Where ``message`` goes: each destination at most once, the first matching rule's route wins."""
-        rules = self.rules
-        seen: set[Destination] = set()
+        plan = self._plan
+        seen: set[int] = set()
         out: list[Route] = []
         for n in sorted(self.index.candidates(message, meta)):
-            rule = rules[n]
-            if not rule.condition.test(message, meta):
+            condition, routes = plan[n]
+            if not condition.test(message, meta):
                 continue
-            for route in rule.routes:
-                if route.destination not in seen:
-                    seen.add(route.destination)
+            for number, route in routes:
+                if number not in seen:
+                    seen.add(number)
                     out.append(route)
         return out
 
