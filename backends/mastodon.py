@@ -69,6 +69,8 @@ ELLIPSIS = "…"
 # Waiting this long for a rate-limit window we know nothing about is a guess; a 429
 # without Retry-After or X-RateLimit-Reset is rare.
 DEFAULT_RETRY_AFTER = 60.0
+# Seconds for reading the instance's limits before a post.
+INSTANCE_TIMEOUT = 5.0
 # How soon to look at an unreadable token file again.
 TOKEN_RETRY = 60.0
 # An error text from the server is shown in logs and `status`; keep it to one short line.
@@ -430,13 +432,16 @@ class MastodonBackend(Backend):
                 f"account '{self.account_name}': the mastodon backend needs httpx: pip install fedmsg-notify[mastodon]"
             ) from exc
         self._token = self._read_token()
+        if self._client is not None:
+            await self._client.aclose()
+        # No request here: the daemon starts every backend before it listens, and an
+        # unreachable instance must not hold up the others. Limits are read on first send.
         self._client = httpx.AsyncClient(
             base_url=self.settings.instance,
             timeout=self.settings.timeout,
             headers={"Authorization": f"Bearer {self._token.get_secret_value()}", "User-Agent": USER_AGENT},
             follow_redirects=False,
         )
-        await self._load_limits()
 
     async def close(self) -> None:
         if self._client is not None:
@@ -464,10 +469,16 @@ class MastodonBackend(Backend):
 
         for path in ("/api/v2/instance", "/api/v1/instance"):
             try:
-                response = await self._client.get(path)
+                # Short: the post that follows needs its share of the engine's send timeout.
+                response = await self._client.get(path, timeout=min(self.settings.timeout, INSTANCE_TIMEOUT))
             except httpx.HTTPError as exc:
+                # Asked again before the next post; until then Mastodon's default applies.
                 log.warning("%s: cannot read %s%s (%s); assuming %d characters", self.account_name,
                             self.settings.instance, path, _describe(exc), self.limits.max_characters)
+                return
+            if response.status_code == 429 or response.status_code >= 500:
+                log.warning("%s: %s%s answered HTTP %d; assuming %d characters for now", self.account_name,
+                            self.settings.instance, path, response.status_code, self.limits.max_characters)
                 return
             if response.status_code == 200:
                 try:
