@@ -30,6 +30,8 @@ from markupsafe import Markup
 # C0 controls except TAB and LF, DEL, and the C1 block. CR is removed from content
 # too: a multi-line part uses LF only, and the backend adds CRLF where its protocol wants it.
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# The JSON escape \ud800 decodes to a lone surrogate, which no backend can encode as UTF-8.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 # Everything a terminal, an IRC server or a mail parser may take as a line or field
 # break (str.splitlines' set plus TAB): folded to one space in single-line parts.
 _LINE_BREAKS = re.compile("[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
@@ -58,8 +60,12 @@ class Trusted(str):
 
 
 def plain_text(text: str) -> str:
-    """Message content made inert: no NUL or control characters, newlines and tabs kept."""
-    return _CONTROLS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    """Message content made inert: no NUL or control characters, newlines and tabs kept.
+
+    Lone surrogates (from JSON escapes) become U+FFFD so every part encodes as UTF-8.
+    """
+    text = _CONTROLS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _SURROGATES.sub("\ufffd", text)
 
 
 def one_line(text: str) -> str:
