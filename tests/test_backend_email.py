@@ -23,6 +23,7 @@ import trustme
 from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.backends.email import EmailAccount, EmailBackend
 from fedmsg_notify.backends.email.compose import Sender, compose, parse_address
+from fedmsg_notify.backends.email.transport import SmtpTransport
 from fedmsg_notify.bus import Publisher
 from fedmsg_notify.config import load_config
 from fedmsg_notify.daemon import Daemon
@@ -31,6 +32,7 @@ from fedmsg_notify.meta import MetaEngine
 from fedmsg_notify.render import Renderer
 from fedmsg_notify.retry import RetryPolicy
 from fedmsg_notify.rules import Route, Rule
+from fedmsg_notify.yaml_positions import ProblemsError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -740,3 +742,66 @@ async def test_one_message_digest_is_a_normal_mail(
     assert mail["X-Fedmsg-Count"] is None
     assert mail["References"] is not None
     assert mail["X-Fedmsg-Topic"] == "org.fedoraproject.prod.bodhi.update.comment"
+
+
+# -- configuration, lifecycle, optional library ---------------------------------------------------------
+
+
+def test_config_mistakes_in_an_email_account_name_their_line(tmp_path: Path) -> None:
+    """`check` points at the exact line of a wrong smtp URL, an unsafe AUTH and a misspelled 'from'."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "accounts:\n"
+        "  mail:\n"
+        "    backend: email\n"
+        "    smtp: http://mail.example.org\n"
+        '    from: "Fedora <notify@example.org>"\n'
+        "  relay:\n"
+        "    backend: email\n"
+        "    smtp: smtp://mail.example.org\n"
+        "    from: notify@example.org\n"
+        "    username: ralph\n"
+        "    password_file: /etc/fedmsg-notify/smtp.password\n"
+        '  typo: {backend: email, smtp: "maildir:/tmp/x", form: a@example.org}\n'
+    )
+    with pytest.raises(ProblemsError) as error:
+        load_config(config)
+    shown = [str(p) for p in error.value.problems]
+    assert f"{config}:4:11: accounts.mail.smtp: expected smtp://host[:port]" in "\n".join(shown)
+    assert any(p.startswith(f"{config}:7:5: accounts.relay: AUTH to mail.example.org") for p in shown), shown
+    assert any("unknown key 'form' in accounts.typo; did you mean 'from'?" in p for p in shown), shown
+
+
+async def test_an_idle_connection_is_closed_politely(server: Handler, port: int) -> None:
+    """After a burst the connection is closed with QUIT once idle, and the next mail reconnects."""
+    backend = make_backend(smtp=f"smtp://127.0.0.1:{port}")
+    transport = backend.transport
+    assert isinstance(transport, SmtpTransport)
+    transport.idle = 0.1
+    await backend.send(make_item(1))
+    assert transport.connected
+    await until(lambda: not transport.connected, timeout=5)
+    await backend.send(make_item(2))
+    await backend.close()
+    assert transport.connections == 2
+    assert len(server.delivered) == 2
+
+
+def test_works_without_aiosmtplib_until_smtp_is_needed(tmp_path: Path) -> None:
+    """Without the optional library, accounts still validate, Maildir works, and SMTP says which extra to install."""
+    script = f"""
+import asyncio, sys
+sys.modules["aiosmtplib"] = None  # as if it were not installed
+from fedmsg_notify.backend import BackendUnavailable
+from fedmsg_notify.backends.email import EmailAccount, EmailBackend
+def backend(smtp):
+    return EmailBackend("mail", EmailAccount.model_validate({{"backend": "email", "smtp": smtp, "from": "a@example.org"}}))
+asyncio.run(backend("maildir:{tmp_path / "box"}").start())
+try:
+    asyncio.run(backend("smtp://127.0.0.1").start())
+except BackendUnavailable as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert "pip install fedmsg-notify[email]" in out.stdout
+    assert (tmp_path / "box" / "new").is_dir()

@@ -113,6 +113,11 @@ class SmtpTransport:
         self._closing: set[asyncio.Task[None]] = set()
         self.connections = 0  # how many times we connected: lets tests see reuse
 
+    @property
+    def connected(self) -> bool:
+        """Whether a session to the server is open right now (kept open briefly after a burst)."""
+        return self._client is not None and self._client.is_connected
+
     async def start(self) -> None:
         _require_aiosmtplib()
 
