@@ -402,6 +402,8 @@ class MastodonBackend(Backend):
     max_length: ClassVar[int | None] = DEFAULT_MAX_CHARACTERS
     rate: ClassVar[float] = DEFAULT_RATE
     burst: ClassVar[int] = DEFAULT_BURST
+    # templates/mastodon/digest.j2 makes one post of a digest; send() fits it to the limit.
+    supports_digest: ClassVar[bool] = True
     needs_recipient: ClassVar[bool] = False
     extra: ClassVar[str | None] = "mastodon"
     Account: ClassVar[type[AccountOptions]] = MastodonAccount

@@ -463,6 +463,26 @@ def test_summary_counts_merged_summaries_and_mixed_services(token_file: Path) ->
     assert "• ralph built foo (×2)" in text
 
 
+async def test_digest_renders_as_one_post_within_the_limit(server: MastodonServer, make_backend: Any) -> None:
+    """A rule with a digest on the Mastodon account posts one list of messages, cut to the instance's limit."""
+    from fedmsg_notify.render import Renderer
+    from fedmsg_notify.rules import Route, Rule
+
+    entries = [
+        {"message": {}, "topic": "t", "meta": {"title": "bodhi", "subtitle": f"ralph pushed python-pkg{n:02d}"},
+         "rendered": {}}
+        for n in range(60)
+    ]
+    route = Route(destination=Destination("firehose"), rule=Rule(name="digest", file="rules.yaml"))
+    rendered = Renderer([]).render_digest(MastodonBackend, entries, route, 75)
+    assert rendered["status"].startswith("75 messages:\n• bodhi: ralph pushed python-pkg00\n")
+
+    backend = await make_backend()
+    await backend.send(item(rendered["status"], msg_id="digest:1", count=75))
+    (status,) = server.statuses
+    assert mastodon_length(status["content"]) <= 500 and status["content"].endswith("…")
+
+
 # --- configuration ------------------------------------------------------------------
 
 
