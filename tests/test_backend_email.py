@@ -805,3 +805,17 @@ except BackendUnavailable as exc:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert "pip install fedmsg-notify[email]" in out.stdout
     assert (tmp_path / "box" / "new").is_dir()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_recipient_text_is_one_address_or_a_clear_error(value: str) -> None:
+    """Whatever a rule writes as 'to', the result is exactly one address or a PermanentFailure, never a crash."""
+    try:
+        address = parse_address(value, what="to", error=PermanentFailure)
+    except PermanentFailure as exc:
+        assert "'to'" in exc.reason
+        return
+    mail = EmailMessage(policy=SMTP)
+    mail["To"] = address
+    assert len(mail["To"].addresses) == 1

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address, AddressHeader
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -56,9 +56,12 @@ def parse_address(value: str, *, what: str, error: type[Exception] = ValueError)
     """Exactly one mailbox (``Name <user@host>`` or ``user@host``), else ``error``."""
     if _CONTROL.search(value):
         raise error(f"'{what}' address {value!r} contains control characters")
-    header = AddressHeader.value_parser(value)  # RFC 5322 address-list parser, no side effects
-    mailboxes = header.all_mailboxes
-    defects = [d for d in header.all_defects]
+    try:
+        header = AddressHeader.value_parser(value)  # RFC 5322 address-list parser, no side effects
+        mailboxes = header.all_mailboxes
+        defects = list(header.all_defects)
+    except (HeaderParseError, IndexError, ValueError):
+        mailboxes, defects = [], []
     if len(mailboxes) != 1 or defects or not mailboxes[0].domain or not mailboxes[0].local_part:
         raise error(f"'{what}' must be one mail address like 'Name <user@example.org>', got {value!r}")
     box = mailboxes[0]
@@ -77,7 +80,7 @@ class Sender:
         address = parse_address(value, what="from")
         # Message-IDs and List-Ids belong to the sending domain (RFC 5322 3.6.4, RFC 2919);
         # deriving them from the configured address keeps them stable across hosts.
-        return cls(address=address, domain=address.domain or socket.getfqdn())
+        return cls(address=address, domain=address.domain)
 
 
 def slug(text: str, limit: int = 60) -> str:
