@@ -433,6 +433,24 @@ class _FileCompiler:
         return Digest(every_seconds=every, max=limit) if ok else None
 
 
+def _yaml_hints(file: Path, problems: list[Problem]) -> list[Problem]:
+    """Add the usual cause to YAML syntax errors: ``[*]`` unquoted inside ``{...}``."""
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return problems
+    out = []
+    for problem in problems:
+        near = lines[max(0, problem.position.line - 2) : problem.position.line]
+        if problem.message.startswith("invalid YAML") and any("[*]" in line and "{" in line for line in near):
+            problem = Problem(
+                problem.position,
+                f"{problem.message} (inside {{...}} a path with [*] must be quoted: path: \"msg.a[*].b\")",
+            )
+        out.append(problem)
+    return out
+
+
 def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
     """Every ``*.yaml`` in each directory (sorted by name), or the file itself, in config order."""
     files: list[Path] = []
@@ -490,7 +508,7 @@ class RuleSet:
             try:
                 docs.append(load_located(file))
             except ProblemsError as exc:
-                problems.extend(exc.problems)
+                problems.extend(_yaml_hints(file, exc.problems))
         try:
             ruleset = cls.from_documents(docs, accounts, max_rules_per_file=max_rules_per_file)
         except ProblemsError as exc:
