@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.bus import Publisher
+from fedmsg_notify.envelope import build_envelope
 
 
 class RecordingAccount(AccountOptions):
@@ -140,10 +141,11 @@ def read_recording(path: str | Path) -> list[tuple[int, str, str]]:
     return out
 
 
-def envelopes(publisher: Publisher, count: int, topic: str, body: Any = None) -> Iterator[dict[str, Any]]:
-    """``count`` fresh envelopes (unique msg_ids) on ``topic``, numbered in ``body["n"]``."""
+def envelopes(count: int, topic: str, body: Any = None, *, username: str = "tester") -> Iterator[dict[str, Any]]:
+    """``count`` fresh envelopes (unique msg_ids) on ``topic``, numbered in ``body["n"]`` by default."""
     for n in range(count):
-        yield publisher.envelope(topic, body if body is not None else {"n": n, "agent": "tester"})
+        msg = body if body is not None else {"n": n, "agent": username}
+        yield build_envelope(topic, msg, i=n + 1, username=username)
 
 
 def publish_all(endpoint: str, messages: Iterable[dict[str, Any]], *, wait: float = 5.0) -> int:

@@ -154,7 +154,7 @@ def test_kill_9_during_a_flood_then_restart_delivers_everything_exactly_once(
     log = tmp_path / "daemon.log"
     daemons.append(DaemonProcess(config, notify, log))
     publisher = Publisher(endpoint, username="tester", wait=10.0)
-    flood = list(envelopes(publisher, 5000, BODHI))
+    flood = list(envelopes(5000, BODHI))
 
     def publish_paced() -> None:
         for start in range(0, len(flood), 100):
@@ -208,7 +208,7 @@ def test_sigterm_stops_cleanly_and_leaves_the_rest_queued(
     log = tmp_path / "daemon.log"
     daemons.append(DaemonProcess(config, notify, log))
     publisher = Publisher(endpoint, username="tester", wait=10.0)
-    batch = list(envelopes(publisher, 400, BODHI))
+    batch = list(envelopes(400, BODHI))
     for envelope in batch:
         publisher.send_envelope(envelope)
     until(lambda: accepted_count(tmp_path) == 400, 30, "all 400 accepted")

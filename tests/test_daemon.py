@@ -1,0 +1,169 @@
+"""The daemon in-process: intake to delivery, dedup, isolation of destinations, coalescing, reload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fedmsg_notify.bus import Publisher
+from fedmsg_notify.coalesce import Coalescer
+from fedmsg_notify.config import load_config
+from fedmsg_notify.daemon import Daemon
+from fedmsg_notify.testing import RecordingBackend, envelopes
+
+BODHI = "org.fedoraproject.prod.bodhi.update.comment"
+RECORDER = "fedmsg_notify.testing:RecordingBackend"
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    endpoint: str
+    tmp: Path
+    config: Path
+    publisher: Publisher | None = None
+
+    def backend(self, account: str) -> RecordingBackend:
+        handle = self.daemon.handles[account]
+        assert isinstance(handle.backend, RecordingBackend)
+        return handle.backend
+
+    async def publish(self, count: int, topic: str = BODHI) -> list[dict[str, Any]]:
+        batch = list(envelopes(count, topic))
+        await self.replay(batch)
+        return batch
+
+    async def replay(self, batch: list[dict[str, Any]]) -> None:
+        # One publisher for the whole test: a re-bound one would wait for the subscriber's
+        # reconnect backoff.
+        if self.publisher is None:
+            self.publisher = Publisher(self.endpoint, username="tester", wait=5.0)
+        publisher = self.publisher
+        await asyncio.to_thread(lambda: [publisher.send_envelope(envelope) for envelope in batch])
+
+
+def config_text(tmp: Path, endpoint: str, accounts: dict[str, str], rules: str) -> Path:
+    (tmp / "rules").mkdir(exist_ok=True)
+    (tmp / "rules" / "a.yaml").write_text(rules)
+    lines = [f"bus: {{endpoints: [{endpoint}]}}", "accounts:"]
+    lines += [f"  {name}: {{backend: '{RECORDER}'{', ' + opts if opts else ''}}}" for name, opts in accounts.items()]
+    lines += [f"rules: [{tmp / 'rules'}]", f"state: {tmp / 'state.db'}"]
+    path = tmp / "config.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+async def start(tmp_path: Path, endpoint: str) -> AsyncIterator[Callable[..., Any]]:
+    running: list[tuple[Daemon, asyncio.Task[None], Running]] = []
+
+    async def starter(accounts: dict[str, str], rules: str, **kwargs: Any) -> Running:
+        path = config_text(tmp_path, endpoint, accounts, rules)
+        daemon = Daemon(load_config(path), **kwargs)
+        ready = asyncio.Event()
+        task = asyncio.create_task(daemon.run(ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        run = Running(daemon, endpoint, tmp_path, path)
+        running.append((daemon, task, run))
+        return run
+
+    yield starter
+    for daemon, task, run in running:
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+        if run.publisher is not None:
+            run.publisher.close(linger_ms=0)
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+TWO_RULES = """
+rules:
+  - {name: bodhi, match: {topic: '*.bodhi.*'}, deliver: [{via: irc, to: '#fedora'}, {via: mail, to: me}]}
+  - {name: again, match: {topic: '*.bodhi.*'}, deliver: [{via: irc, to: '#fedora'}]}
+"""
+
+
+async def test_messages_reach_every_destination_once(start: Callable[..., Any]) -> None:
+    """Each routed message arrives once per destination, even when replayed or routed there by two rules."""
+    run: Running = await start({"irc": "", "mail": ""}, TWO_RULES)
+    batch = await run.publish(20)
+    irc, mail = run.backend("irc"), run.backend("mail")
+    await until(lambda: len(irc.items) == 20 and len(mail.items) == 20, 10, "20 deliveries each")
+    await run.replay(batch[:5])
+    more = await run.publish(1)
+    await until(lambda: len(irc.items) == 21, 10, "the next message")
+    assert [i.msg_id for i in irc.items] == [e["msg_id"] for e in batch + more]
+    assert {i.destination.key for i in irc.items} == {"irc:#fedora"}
+    assert irc.items[0].rendered["text"]  # rendered by the templates, not empty
+    assert irc.items[0].rule == "bodhi"
+
+
+async def test_a_hung_destination_does_not_delay_another(start: Callable[..., Any]) -> None:
+    """A server that never answers holds up only its own notifications."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: stuck}, {via: fine}]}\n"
+    run: Running = await start({"stuck": "mode: hang", "fine": ""}, rules, send_timeout=600.0, shutdown_timeout=0.5)
+    await run.publish(30)
+    fine, stuck = run.backend("fine"), run.backend("stuck")
+    await until(lambda: len(fine.items) == 30, 10, "the healthy destination")
+    assert len(stuck.attempts) == 1 and stuck.items == []
+
+
+async def test_a_hang_times_out_into_a_retry(start: Callable[..., Any]) -> None:
+    """A send that hangs is cut off and retried, so the destination recovers by itself."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: flaky}]}\n"
+    run: Running = await start({"flaky": ""}, rules, send_timeout=0.2)
+    flaky = run.backend("flaky")
+    flaky.fail_next("hang")
+    run.daemon.policy.base = 0.05
+    await run.publish(3)
+    await until(lambda: len(flaky.items) == 3, 10, "delivery after the timeout")
+    assert len(flaky.attempts) == 4
+    assert [i.msg_id for i in flaky.items] == [i.msg_id for i in flaky.attempts[1:]]
+
+
+async def test_a_flood_to_a_slow_destination_is_coalesced_not_dropped(start: Callable[..., Any]) -> None:
+    """Hundreds of messages to a 2-per-second account become a summary; every message is counted."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: slow}]}\n"
+    run: Running = await start({"slow": "rate: 2, burst: 1"}, rules, coalescer=Coalescer(horizon=1.0))
+    await run.publish(200)
+    slow = run.backend("slow")
+    await until(lambda: sum(i.count for i in slow.items) == 200, 15, "all 200 accounted for")
+    summaries = [i for i in slow.items if i.count > 1]
+    assert summaries, "nothing was coalesced"
+    assert "more messages" in summaries[0].rendered["text"]
+    assert len(slow.items) < 20
+    assert run.daemon.store is not None
+    [row] = run.daemon.store.status(run.daemon.clock.time())
+    assert row.coalesced == sum(i.count for i in summaries)
+
+
+async def test_reload_refuses_a_broken_rule_set_and_applies_a_good_one(start: Callable[..., Any]) -> None:
+    """A bad reload keeps the old rules; a good one takes effect without reconnecting unchanged accounts."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: irc}]}\n"
+    run: Running = await start({"irc": ""}, rules)
+    before = run.daemon.pipeline
+    backend = run.backend("irc")
+    (run.tmp / "rules" / "b.yaml").write_text("rules:\n  - {name: x, match: {}, deliver: [{via: ghost}]}\n")
+    assert await run.daemon.reload() is False
+    assert run.daemon.pipeline is before
+    (run.tmp / "rules" / "b.yaml").unlink()
+    (run.tmp / "rules" / "a.yaml").write_text(
+        "rules:\n  - {name: none, match: {topic: nothing}, deliver: [{via: irc}]}\n"
+    )
+    assert await run.daemon.reload() is True
+    assert run.daemon.pipeline is not before
+    assert run.backend("irc") is backend and backend.started == 1
+    await run.publish(2)
+    await asyncio.sleep(0.5)
+    assert backend.items == []
