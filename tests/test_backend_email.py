@@ -688,6 +688,9 @@ def test_single_mail_says_what_happened_and_which_rule_sent_it(samples: list[dic
         assert "/home/ralph/rules.d/mine.yaml" in parts[part]
         assert "fedmsg-notify explain" in parts[part]
     assert 'href="https://bodhi.fedoraproject.org/updates/FEDORA-2019-46910daf41"' in parts["html"]
+    # The per-service template adds the comment itself.
+    assert "    Note that this depends on pipewire-0.2.6-1.fc30" in parts["text"]
+    assert "<blockquote" in parts["html"] and "I&#39;ve turned off autopush" in parts["html"]
 
 
 def test_html_part_is_escaped_and_links_only_http(samples: list[dict[str, Any]]) -> None:
