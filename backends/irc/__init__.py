@@ -226,9 +226,10 @@ class IRCBackend(Backend):
             raise PermanentFailure(f"irc destination {item.destination}: bad options: {exc}") from None
 
     def summarise(self, items: Sequence[Item]) -> dict[str, str]:
-        """One line for a backlog: counts per service and what they were, and how far
-        behind the bot is ("koji: 57 more (build state changes), bodhi: 12 more
-        (update comments) - 4 min behind")."""
+        """One line for a backlog: how many, how far behind the bot is, and the counts
+        per service with what most of them were ("backlog: 69 messages coalesced,
+        4 min behind - buildsys: 57 more (build.state.change), bodhi: 12 more
+        (update.comment)"). The engine calls this when the backlog outgrows the pace."""
         per_service = Counter[str]()
         kinds: dict[str, Counter[str]] = {}
         for item in items:
@@ -239,10 +240,10 @@ class IRCBackend(Backend):
             kind = kinds[service].most_common(1)[0][0]
             parts.append(f"{service}: {count} more ({kind})" if kind else f"{service}: {count} more")
         oldest = min((item.timestamp for item in items if item.timestamp > 0), default=0.0)
-        behind = f" - {describe_age(time.time() - oldest)} behind" if oldest else ""
+        behind = f", {describe_age(max(0.0, time.time() - oldest))} behind" if oldest else ""
         total = sum(per_service.values())
-        text = f"\x02backlog\x02 {total} messages coalesced: {', '.join(parts)}{behind}"
-        return {"line": text}
+        # Count and lag first: if the line is truncated, the service list loses its tail.
+        return {"line": f"backlog: {total} messages coalesced{behind} - {', '.join(parts)}"}
 
 
 def _kind(item: Item) -> str:
