@@ -31,6 +31,7 @@ no entry defines, or whose expression fails on a message, gets the generic value
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -129,7 +130,9 @@ def compact(value: Any) -> list[Any]:
 
 def names(value: Any) -> tuple[str, ...]:
     """Flatten, drop empties, deduplicate and sort: the canonical shape of usernames/packages."""
-    return tuple(sorted({str(item) for item in compact(value)}))
+    # Only strings count: a dict or number where a name belongs is a shape the service
+    # file did not expect, and "{'name': ...}" must never become a username.
+    return tuple(sorted({item.strip() for item in compact(value) if isinstance(item, str) and item.strip()}))
 
 
 def https(value: Any) -> str | None:
@@ -226,7 +229,9 @@ class _MetaEnvironment(SandboxedEnvironment):
         return super().getitem(obj, argument)
 
 
+@functools.cache
 def make_environment() -> SandboxedEnvironment:
+    """The one sandbox all engines share (its filters are fixed, so sharing is safe)."""
     # ChainableUndefined: ``body.update.builds`` on a message without ``update`` is simply
     # undefined (falsy, prints as ""), so expressions need no guard at every level.
     env = _MetaEnvironment(undefined=ChainableUndefined, autoescape=False)
@@ -238,6 +243,18 @@ def make_environment() -> SandboxedEnvironment:
     env.globals.update({"_generic_agent": generic_agent, "_generic_link": generic_link})
     env.globals.update({"fas_user": fas_user, "nvr_name": nvr_name, "names": names})
     return env
+
+
+# Compiling is the expensive part of loading (~2 ms per expression); engines built from
+# the same files (the shipped ones, `check` after start-up, tests) share the results.
+@functools.lru_cache(maxsize=8192)
+def _compiled_expression(source: str) -> Evaluator:
+    return make_environment().compile_expression(source, undefined_to_none=True)
+
+
+@functools.lru_cache(maxsize=2048)
+def _compiled_template(source: str) -> Template:
+    return make_environment().from_string(source)
 
 
 # --------------------------------------------------------------------------- file model
@@ -292,6 +309,7 @@ class CompiledEntry:
     # message instead of one per expression (jinja2's per-call context setup dominates).
     # Any failure in it reruns the expressions one by one to find and report the culprit.
     fast: Template | None = None
+    combined: bool = False
 
 
 @dataclass(slots=True)
@@ -318,12 +336,10 @@ class CompiledService:
         return entry
 
 
-def _compile(
-    env: SandboxedEnvironment, name: str, source: str, doc: LocatedDocument, path: tuple[str | int, ...]
-) -> CompiledExpr | Problem:
+def _compile(name: str, source: str, doc: LocatedDocument, path: tuple[str | int, ...]) -> CompiledExpr | Problem:
     where = doc.where(path)
     try:
-        run = env.compile_expression(source, undefined_to_none=True)
+        run = _compiled_expression(source)
     except TemplateError as exc:
         line = getattr(exc, "lineno", None) or 1
         # The value's own position plus the expression's line (block scalars span lines).
@@ -332,7 +348,7 @@ def _compile(
     return CompiledExpr(name=name, source=source, where=where, run=run)
 
 
-def _compile_service(env: SandboxedEnvironment, doc: LocatedDocument) -> tuple[CompiledService | None, list[Problem]]:
+def _compile_service(doc: LocatedDocument) -> tuple[CompiledService | None, list[Problem]]:
     spec, problems = validate(ServiceFile, doc.data, doc)
     if spec is None:
         return None, problems
@@ -343,7 +359,7 @@ def _compile_service(env: SandboxedEnvironment, doc: LocatedDocument) -> tuple[C
     def lets(mapping: dict[str, str], base: tuple[str | int, ...]) -> list[CompiledExpr]:
         out: list[CompiledExpr] = []
         for key, source in mapping.items():
-            compiled = _compile(env, f"let {key}", source, doc, (*base, "let", key))
+            compiled = _compile(f"let {key}", source, doc, (*base, "let", key))
             if isinstance(compiled, Problem):
                 problems.append(compiled)
             else:
@@ -356,7 +372,7 @@ def _compile_service(env: SandboxedEnvironment, doc: LocatedDocument) -> tuple[C
             source = getattr(entry, name)
             if source is None:
                 continue
-            compiled = _compile(env, name, source, doc, (*base, name))
+            compiled = _compile(name, source, doc, (*base, name))
             if isinstance(compiled, Problem):
                 problems.append(compiled)
             else:
@@ -385,8 +401,6 @@ def _compile_service(env: SandboxedEnvironment, doc: LocatedDocument) -> tuple[C
             exact.setdefault(pattern, entry)
     if problems:
         return None, problems
-    for entry in (fallback, *exact.values(), *(e for _, e in globs)):
-        entry.fast = _combine(env, entry)
     # The most specific pattern wins: more literal characters first, file order breaks ties.
     globs.sort(key=lambda item: -len(item[0].replace("*", "").replace("?", "")))
     return CompiledService(names_, doc.file, spec.icon, exact, globs, fallback), []
@@ -405,19 +419,20 @@ _FAST_FIELDS = (
 )
 
 
-def _combine(env: SandboxedEnvironment, entry: CompiledEntry) -> Template | None:
+def _combine(entry: CompiledEntry) -> Template | None:
+    """The entry's combined template, built when the entry first sees a message."""
     lines = [f"{{% set {let.name[4:]} = ({let.source}) %}}" for let in entry.lets]
     for name, wrap, generic in _FAST_FIELDS:
         expr = entry.fields.get(name)
         lines.append(f"{{% set {name} = {wrap.format(expr.source) if expr else generic} %}}")
     try:
-        return env.from_string("".join(lines))
+        return _compiled_template("".join(lines))
     except TemplateError:  # pragma: no cover - every part compiled on its own already
         log.exception("cannot combine the expressions of %s; evaluating them one by one", entry.pattern)
         return None
 
 
-def load_services(dirs: Sequence[Path], env: SandboxedEnvironment) -> tuple[dict[str, CompiledService], list[Problem]]:
+def load_services(dirs: Sequence[Path]) -> tuple[dict[str, CompiledService], list[Problem]]:
     """Every service of ``dirs``; a later directory's service replaces an earlier one's."""
     registry: dict[str, CompiledService] = {}
     problems: list[Problem] = []
@@ -435,7 +450,7 @@ def load_services(dirs: Sequence[Path], env: SandboxedEnvironment) -> tuple[dict
                 continue
             if doc.data is None:
                 continue  # an empty file defines nothing; not worth a failure
-            service, found = _compile_service(env, doc)
+            service, found = _compile_service(doc)
             problems.extend(found)
             if service is None:
                 continue
@@ -558,15 +573,14 @@ class MetaEngine:
     def __init__(self, extra_dirs: Sequence[Path] = (), *, strict: bool = True) -> None:
         """Load every service file; with ``strict`` (the default) any problem raises :class:`ProblemsError`."""
         self.dirs = (SHIPPED_SERVICES_DIR, *(Path(d) for d in extra_dirs))
-        self.env = make_environment()
-        self.services, self.problems = load_services(self.dirs, self.env)
+        self.services, self.problems = load_services(self.dirs)
         if strict and self.problems:
             raise ProblemsError(self.problems)
         self._reported: set[tuple[str, str]] = set()
 
     def check(self) -> list[Problem]:
         """Re-read every service file and return all problems (syntax, keys, expressions)."""
-        _, problems = load_services(self.dirs, make_environment())
+        _, problems = load_services(self.dirs)
         return problems
 
     def compute(self, message: Message) -> Meta:
@@ -596,6 +610,9 @@ class MetaEngine:
             "rest": rest,
             "_icon": service.icon or GENERIC_ICON,
         }
+        if not entry.combined:
+            entry.fast = _combine(entry)
+            entry.combined = True
         if entry.fast is not None:
             try:
                 done = entry.fast.make_module(ctx).__dict__

@@ -342,3 +342,130 @@ def test_meta_as_dict_round_trips() -> None:
         "usernames": ("ralph",),
         "packages": ("foo",),
     }
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "expected"),
+    [
+        (
+            "org.fedoraproject.prod.fedbadges.badge.award",
+            {"badge": {"badge_id": "white-rabbit", "name": "White Rabbit"}, "user": {"username": "ralph"}},
+            {
+                "subtitle": 'ralph was awarded the badge "White Rabbit"',
+                "link": "https://badges.fedoraproject.org/badge/white-rabbit",
+                "usernames": ("ralph",),
+            },
+        ),
+        (
+            "org.fedoraproject.prod.buildsys.tag",
+            {
+                "build_id": 7, "name": "python-foo", "version": "1.0", "release": "1.fc30", "tag": "f30-updates",
+                "tag_id": 2, "instance": "primary", "user": "bodhi", "owner": "ralph",
+            },
+            {
+                "subtitle": "bodhi tagged python-foo-1.0-1.fc30 into f30-updates",
+                "link": "http://koji.fedoraproject.org/koji/buildinfo?buildID=7",
+                "usernames": ("bodhi", "ralph"),
+                "packages": ("python-foo",),
+            },
+        ),
+        (
+            "org.fedoraproject.prod.buildsys.build.state.change",
+            {
+                "build_id": 9, "name": "kernel", "version": "5.0", "release": "1.fc30", "instance": "s390",
+                "owner": "jforbes", "new": 3, "old": 0, "attribute": "state",
+            },
+            {
+                "subtitle": "jforbes's kernel-5.0-1.fc30 build failed",
+                "link": "http://s390.koji.fedoraproject.org/koji/buildinfo?buildID=9",
+            },
+        ),
+        (
+            "org.fedoraproject.prod.buildsys.repo.done",
+            {"tag": "f30-build", "tag_id": 3, "repo_id": 42, "instance": "primary"},
+            {"subtitle": "koji repo generated for f30-build", "usernames": (), "packages": ()},
+        ),
+        (
+            "org.fedoraproject.prod.git.lookaside.new",
+            {"agent": "ralph", "filename": "foo-1.0.tar.gz", "name": "foo"},
+            {
+                "subtitle": "ralph uploaded foo-1.0.tar.gz for foo",
+                "link": "https://src.fedoraproject.org/rpms/foo",
+                "packages": ("foo",),
+            },
+        ),
+        (
+            "org.fedoraproject.prod.wiki.upload.complete",
+            {"user_text": "Ralph", "title": {"mPrefixedText": "File:Foo.png"}, "url": "http://fedoraproject.org/w/Foo.png"},
+            {
+                "subtitle": "ralph uploaded File:Foo.png to the wiki",
+                "link": "https://fedoraproject.org/w/Foo.png",
+                "usernames": ("ralph",),
+            },
+        ),
+        (
+            "org.fedoraproject.prod.fedoratagger.tag.create",
+            {"tag": {"tag": "terminal", "package": "guake"}, "user": {"username": "ralph"}},
+            {"subtitle": 'ralph added the tag "terminal" to guake', "packages": ("guake",), "usernames": ("ralph",)},
+        ),
+        (
+            "org.fedoraproject.prod.askbot.post.edit",
+            {"agent": "ralph", "created": True, "instance": {"post_type": "question"}, "thread": {"title": "How?"},
+             "topmost_post_id": 3},
+            {"subtitle": 'ralph asked "How?"', "link": "https://ask.fedoraproject.org/question/3/"},
+        ),
+        (
+            "org.fedoraproject.prod.fas.user.update",
+            {"agent": "ralph", "user": "ralph", "fields": ["ircnick", "timezone"]},
+            {"subtitle": "ralph updated the FAS account ralph (ircnick and timezone)", "usernames": ("ralph",)},
+        ),
+        (
+            "org.fedoraproject.prod.bodhi.update.comment",
+            {"comment": {"author": "adamw", "karma": -1, "user": {"name": "adamw"},
+                         "update": {"alias": "FEDORA-2019-1", "title": "a-1-1.fc30 b-2-1.fc30",
+                                    "user": {"name": "ralph"}}}},
+            {
+                "subtitle": "adamw commented on bodhi update FEDORA-2019-1 (karma: -1)",
+                "usernames": ("adamw", "ralph"),
+                "packages": ("a", "b"),
+                "link": "https://bodhi.fedoraproject.org/updates/FEDORA-2019-1",
+            },
+        ),
+    ],
+)  # fmt: skip
+def test_services_without_samples_read_well(
+    engine: MetaEngine, topic: str, body: Any, expected: dict[str, Any]
+) -> None:
+    """Services SPEC lists but the samples lack (badges, koji tags/repos, lookaside, wiki uploads…) read correctly."""
+    meta = engine.compute(make(topic, body)).as_dict()
+    assert {key: meta[key] for key in expected} == expected
+
+
+HOSTILE_BODIES: list[Any] = [
+    None, [], "text", 3, {}, {"agent": {"x": 1}}, {"update": "str"}, {"update": {"builds": "notalist"}},
+    {"bug": []}, {"msg": None}, {"commit": 5}, {"agent": ["a", 1]}, {"project": {"id": {"x": 1}}},
+]  # fmt: skip
+
+
+def test_unexpected_message_shapes_never_raise_or_warn(
+    engine: MetaEngine, samples: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message whose body has a shape no service file expected still gets a sentence, quietly."""
+    topics = sorted({s["message"]["topic"] for s in samples})
+    with caplog.at_level(logging.WARNING, logger="fedmsg_notify.meta"):
+        for topic in topics:
+            for body in HOSTILE_BODIES:
+                meta = engine.compute(make(topic, body))
+                assert isinstance(meta.subtitle, str) and meta.subtitle, (topic, body)
+                assert all(isinstance(name, str) for name in meta.usernames + meta.packages), (topic, body)
+                assert meta.link is None or isinstance(meta.link, str), (topic, body)
+    # Shipped files guard their expressions; a warning here means one of them is fragile.
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_missing_services_directory_is_a_problem(tmp_path: Path) -> None:
+    """A `services:` entry pointing nowhere is reported instead of silently ignored."""
+    missing = tmp_path / "nope"
+    with pytest.raises(ProblemsError) as caught:
+        MetaEngine([missing])
+    assert f"{missing}:1:1: services directory does not exist" in str(caught.value)
