@@ -8,13 +8,16 @@ import functools
 import json
 import logging
 import mailbox
+import re
 import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from fedmsg_notify.bus import Publisher
 from fedmsg_notify.config import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.envelope import Message
-from fedmsg_notify.meta import MetaEngine
+from fedmsg_notify.meta import Meta, MetaEngine
 from fedmsg_notify.render import Renderer
 from fedmsg_notify.retry import RetryPolicy
 from fedmsg_notify.rules import Route, Rule
@@ -408,10 +411,7 @@ def test_no_content_can_add_a_header(
     )
     mail = compose(item, Sender.from_header(FROM), parse_address(TO, what="to"))
     data = mail.as_bytes()
-    from email import message_from_bytes
-    from email.policy import default
-
-    parsed = message_from_bytes(data, policy=default)
+    parsed = message_from_bytes(data, policy=default_policy)
     assert {name.lower() for name in parsed} <= _HEADERS
     assert parsed["To"] == TO and parsed["From"] == FROM
     assert len(parsed.get_all("X-Fedmsg-Username") or []) <= 10
@@ -822,3 +822,41 @@ def test_any_recipient_text_is_one_address_or_a_clear_error(value: str) -> None:
     mail = EmailMessage(policy=SMTP)
     mail["To"] = address
     assert len(mail["To"].addresses) == 1
+
+
+@functools.cache
+def shipped_renderer() -> Renderer:
+    return Renderer()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(comment=st.text(), subtitle=st.text(), users=st.lists(st.text(), max_size=5), link=st.text())
+def test_arbitrary_message_content_through_templates_and_mail_stays_inert(
+    comment: str, subtitle: str, users: list[str], link: str
+) -> None:
+    """From bus content to the wire: only our headers, one recipient, and no markup of the sender's in the HTML."""
+    envelope = {
+        "topic": "org.fedoraproject.prod.bodhi.update.comment",
+        "msg": {"comment": {"text": comment, "karma": 1}},
+        "timestamp": 1700000000,
+        "msg_id": "2024-hypothesis",
+    }
+    message = Message.from_envelope(envelope)
+    meta = Meta(title="bodhi", subtitle=subtitle, link=link, icon=None, agent=None, usernames=tuple(users), packages=())
+    route = Route(Destination("mail", TO), Rule("rule", "/rules.yaml"))
+    parts = shipped_renderer().render(EmailBackend, message, meta, route)
+    mail = compose(
+        make_item(rendered=parts, meta=meta.as_dict(), topic=message.topic),
+        Sender.from_header(FROM),
+        parse_address(TO, what="to"),
+    )
+    data = mail.as_bytes()
+    parsed = message_from_bytes(data, policy=default_policy)
+    assert {name.lower() for name in parsed} <= _HEADERS
+    assert parsed.get_all("To") == [TO]
+    html = parsed.get_body(("html",))
+    if html is not None:
+        content = html.get_content()
+        # Every tag in the HTML part is one the template wrote.
+        tags = set(re.findall(r"<\s*/?\s*([a-zA-Z][a-zA-Z0-9]*)", content))
+        assert tags <= {"html", "body", "p", "a", "table", "tr", "td", "code", "hr", "b", "blockquote"}, tags
