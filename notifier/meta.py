@@ -25,7 +25,21 @@ Patterns are matched against the topic after the service name (``update.comment`
 for ``org.fedoraproject.prod.bodhi.update.comment``). Evaluation order is ``let``
 (service, then topic), ``agent``, ``usernames``, ``packages``, ``link``, ``icon``,
 ``title``, ``subtitle``; each result is visible to the later expressions. A field
-no entry defines, or whose expression fails on a message, gets the generic value.
+no entry defines, or whose expression fails on a message, gets the generic value
+(the failure is logged once per file and field).
+
+Names an expression sees: ``body`` (alias ``msg``, the envelope's ``msg``), ``message``
+(the whole envelope), ``topic``, ``subtopic``, ``service``, ``env``, ``rest`` (the topic
+after the service), the ``let`` names and the fields computed so far. Missing keys are
+simply undefined at any depth, and dict keys win over dict methods (``body.update`` is
+the key). Extra filters: ``fas_user``, ``nvr_name``, ``names``, ``compact``, ``https``,
+``strip_prefix``, ``strip_suffix``, ``shorten``, ``commas``, ``email_address``,
+``email_name``; extra test: ``startingwith``.
+
+A user directory's file replaces the shipped service of the same name as a whole; a
+later directory wins over an earlier one. Per message, the chosen entry runs as one
+combined template (one jinja2 call instead of one per expression); only when that fails
+are the expressions run one by one to find, log and replace the failing one.
 """
 
 from __future__ import annotations
@@ -60,6 +74,8 @@ _SELECTION_CACHE_LIMIT = 8192
 
 @dataclass(frozen=True, slots=True)
 class Meta:
+    """What rules match on and templates show: a title, one sentence, a link, and who/what is involved."""
+
     title: str
     subtitle: str
     link: str | None
@@ -556,15 +572,20 @@ def generic_subtitle(service: str, rest: str, agent: str | None) -> str:
 # --------------------------------------------------------------------------- engine
 
 
-def _split(message: Message) -> tuple[str, str]:
-    """(service, topic after the service); topics without an env are ``service.rest``."""
+def _split(message: Message, known: Mapping[str, object]) -> tuple[str, str, str]:
+    """(service, topic after the service, subtopic).
+
+    A few publishers send topics without prefix or environment (``fedoracollege.media.upload``);
+    when the topic has no known environment and starts with a known service, read it that way.
+    """
     parts = message.parts
-    if parts.env in KNOWN_ENVS or not message.topic:
-        service = parts.service
-        rest = parts.subtopic[len(service) + 1 :] if parts.subtopic.startswith(service + ".") else ""
-        return service, rest
-    service, _, rest = message.topic.partition(".")
-    return service, rest
+    if parts.env not in KNOWN_ENVS:
+        first, _, rest = message.topic.partition(".")
+        if first in known:
+            return first, rest, message.topic
+    service = parts.service
+    rest = parts.subtopic[len(service) + 1 :] if parts.subtopic.startswith(service + ".") else ""
+    return service, rest, parts.subtopic
 
 
 class MetaEngine:
@@ -584,13 +605,13 @@ class MetaEngine:
         return problems
 
     def compute(self, message: Message) -> Meta:
-        service_name, rest = _split(message)
+        service_name, rest, subtopic = _split(message, self.services)
         body = message.body
         service = self.services.get(service_name)
         if service is None:
             agent = generic_agent(body)
             return Meta(
-                title=message.parts.subtopic or message.topic,
+                title=subtopic or message.topic,
                 subtitle=generic_subtitle(service_name or message.topic, rest, agent),
                 link=generic_link(body),
                 icon=GENERIC_ICON,
@@ -604,7 +625,7 @@ class MetaEngine:
             "msg": body,
             "message": message.envelope,
             "topic": message.topic,
-            "subtopic": message.parts.subtopic,
+            "subtopic": subtopic,
             "service": service_name,
             "env": message.parts.env,
             "rest": rest,
@@ -628,10 +649,16 @@ class MetaEngine:
                     done["usernames"],
                     done["packages"],
                 )
-        return self._compute_slowly(service, entry, message, service_name, rest)
+        return self._compute_slowly(service, entry, message, service_name, rest, subtopic)
 
     def _compute_slowly(
-        self, service: CompiledService, entry: CompiledEntry, message: Message, service_name: str, rest: str
+        self,
+        service: CompiledService,
+        entry: CompiledEntry,
+        message: Message,
+        service_name: str,
+        rest: str,
+        subtopic: str,
     ) -> Meta:
         """One expression at a time, so a failing one is reported and replaced by its generic value."""
         body = message.body
@@ -640,7 +667,7 @@ class MetaEngine:
             "msg": body,
             "message": message.envelope,
             "topic": message.topic,
-            "subtopic": message.parts.subtopic,
+            "subtopic": subtopic,
             "service": service_name,
             "env": message.parts.env,
             "rest": rest,
@@ -673,7 +700,7 @@ class MetaEngine:
 
         expr = fields.get("title")
         title = _text(self._run(service, expr, ctx, None)) if expr else None
-        title = title or message.parts.subtopic or message.topic
+        title = title or subtopic or message.topic
         ctx["title"] = title
 
         expr = fields.get("subtitle")

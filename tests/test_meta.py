@@ -469,3 +469,21 @@ def test_missing_services_directory_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(ProblemsError) as caught:
         MetaEngine([missing])
     assert f"{missing}:1:1: services directory does not exist" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("topic", "title", "phrase"),
+    [
+        ("fedoracollege.media.upload", "fedoracollege.media.upload", "to Fedora College"),
+        ("org.fedoraproject.staging.fmn.preference.update", "fmn.preference.update", "in FMN"),
+        ("org.fedoraproject.prod.fmn.preference.update", "fmn.preference.update", "in FMN"),
+    ],
+)
+def test_topics_without_a_known_environment_find_their_service(
+    engine: MetaEngine, topic: str, title: str, phrase: str
+) -> None:
+    """Env-less topics and unusual environments are still read by the right service file."""
+    meta = engine.compute(make(topic, {"openid": "ralph.id.fedoraproject.org", "username": "ralph", "changed": "x"}))
+    assert meta.title == title
+    assert meta.usernames == ("ralph",)
+    assert phrase in meta.subtitle
