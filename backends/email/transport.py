@@ -143,8 +143,9 @@ class SmtpTransport:
             except aiosmtplib.SMTPServerDisconnected:
                 if not reused:
                     raise
-                # The server closed our idle connection between two mails: that mail was
-                # never transferred, so one immediate retry on a fresh connection is safe.
+                # Almost always the server dropped our idle connection before this mail began.
+                # Retrying at once on a fresh session is what the engine's retry would do anyway,
+                # minus the delay; the stable Message-ID lets a receiver drop a rare duplicate.
                 log.info("%s: connection was closed by the server, reconnecting", self.label)
                 await self._drop()
                 client = await self._connected()
