@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import re2
+import yaml
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.envelope import Message
 from fedmsg_notify.index import RuleIndex
@@ -45,6 +46,8 @@ from fedmsg_notify.yaml_positions import LocatedDocument, PathKey, Position, Pro
 # cost at load time and in memory. Fedora's heaviest FMN users had a few hundred rules.
 MAX_RULES_PER_FILE: Final = 10_000
 MAX_FILE_BYTES: Final = 5 * 1024 * 1024
+# YAML aliases let a small file expand into a huge document ("billion laughs").
+MAX_EXPANDED_VALUES: Final = 2_000_000
 
 FILE_KEYS: Final = ("me", "rules")
 RULE_KEYS: Final = ("name", "match", "deliver")
@@ -433,6 +436,43 @@ class _FileCompiler:
         return Digest(every_seconds=every, max=limit) if ok else None
 
 
+def _alias_expansion(file: Path, text: str) -> Problem | None:
+    """Refuse a "billion laughs" file: a few aliases that expand to millions of values.
+
+    The loader copies every alias, so the expanded size is what loading would cost.
+    """
+    if "&" not in text or "*" not in text:
+        return None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):
+        return None  # the real load reports syntax errors with their positions
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        sizes[id(node)] = total
+        return total
+
+    try:
+        expanded = size(root) if root is not None else 0
+    except RecursionError:
+        expanded = MAX_EXPANDED_VALUES + 1
+    if expanded > MAX_EXPANDED_VALUES:
+        return Problem(
+            Position(str(file), 1, 1),
+            f"rule file expands to {expanded} values through YAML aliases, the limit is {MAX_EXPANDED_VALUES}",
+        )
+    return None
+
+
 def _yaml_hints(file: Path, problems: list[Problem]) -> list[Problem]:
     """Add the usual cause to YAML syntax errors: ``[*]`` unquoted inside ``{...}``."""
     try:
@@ -445,7 +485,7 @@ def _yaml_hints(file: Path, problems: list[Problem]) -> list[Problem]:
         if problem.message.startswith("invalid YAML") and any("[*]" in line and "{" in line for line in near):
             problem = Problem(
                 problem.position,
-                f"{problem.message} (inside {{...}} a path with [*] must be quoted: path: \"msg.a[*].b\")",
+                f'{problem.message} (inside {{...}} a path with [*] must be quoted: path: "msg.a[*].b")',
             )
         out.append(problem)
     return out
@@ -506,9 +546,20 @@ class RuleSet:
                 )
                 continue
             try:
-                docs.append(load_located(file))
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(Problem(Position(str(file), 1, 1), f"cannot read rule file: {exc}"))
+                continue
+            bomb = _alias_expansion(file, text)
+            if bomb is not None:
+                problems.append(bomb)
+                continue
+            try:
+                docs.append(load_located(file, text))
             except ProblemsError as exc:
                 problems.extend(_yaml_hints(file, exc.problems))
+            except RecursionError:
+                problems.append(Problem(Position(str(file), 1, 1), "rule file is nested too deeply"))
         try:
             ruleset = cls.from_documents(docs, accounts, max_rules_per_file=max_rules_per_file)
         except ProblemsError as exc:

@@ -374,3 +374,25 @@ def test_index_skips_rules_that_cannot_match(sample_pairs: list[tuple[Message, M
     candidates = ruleset.index.candidates(message, meta(agent="user7", usernames=("user7",), packages=("pkg9",)))
     names = sorted(ruleset.rules[n].rule.name for n in candidates)
     assert names == ["firehose", "p9", "t7", "u7"]
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """A tiny rule file whose YAML aliases expand to a billion values is refused instead of eating the daemon's memory."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 9)]
+    write(tmp_path, "bomb.yaml", "\n".join(levels) + "\nrules: []\n")
+    write(
+        tmp_path,
+        "fine.yaml",
+        "rules: [{name: r, match: &m {service: x}, deliver: [{via: out}]}, {name: s, match: *m, deliver: [{via: mail}]}]\n",
+    )
+    [problem] = problems(tmp_path)
+    assert problem.startswith("bomb.yaml:1:1: rule file expands to ")
+    assert problem.endswith("values through YAML aliases, the limit is 2000000")
+
+
+def test_deep_nesting_is_refused(tmp_path: Path) -> None:
+    """A pathologically nested rule file is an error naming the file, not a crash."""
+    write(tmp_path, "deep.yaml", "rules: " + "[" * 5000 + "]" * 5000 + "\n")
+    found = problems(tmp_path)
+    assert found == ["deep.yaml:1:1: rule file is nested too deeply"]
