@@ -31,6 +31,7 @@ def _when(timestamp: float | None, now: float) -> str:
 
 
 def _span(seconds: float) -> str:
+    seconds = round(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
