@@ -12,6 +12,8 @@ from fedmsg_notify.config import load_config
 from fedmsg_notify.envelope import Message
 from fedmsg_notify.meta import Meta
 from fedmsg_notify.rules import RuleSet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 TOPIC = "org.fedoraproject.prod.buildsys.build.state.change"
 BODY: dict[str, Any] = {
@@ -266,3 +268,39 @@ def test_hostile_message_shapes_never_raise(tmp_path: Path) -> None:
     )
     for body in (None, [], "text", 3, {"a": None}, {"a": [1, "x", None, {"b": "no"}]}, {"a": {"b": [{"c": "2"}]}}):
         assert not matches(ruleset, message(body=body), meta())
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=30,
+)
+HOSTILE_RULES = {
+    "all": [
+        {"not": {"field": {"path": "msg.a[*].b", "equals": "x"}}},
+        {
+            "any": [
+                {"field": {"path": "msg.a[*]", "matches": "(a+)+$"}},
+                {"field": {"path": "msg.a[0].b[*]", "gt": 2}},
+                {"field": {"path": "msg.a", "contains": "z"}},
+                {"field": {"path": "msg[*][*]", "in": ["a", 1, None]}},
+                {"field": {"path": "msg.a.b", "le": "m"}},
+                {"field": {"path": "msg.a", "exists": False}},
+                {"topic": "*.x?y*"},
+            ]
+        },
+    ]
+}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=JSON, topic=st.text(min_size=1, max_size=60))
+def test_arbitrary_messages_never_break_evaluation(tmp_path: Path, body: Any, topic: str) -> None:
+    """Whatever JSON arrives on the bus, rule evaluation and explain answer without raising."""
+    ruleset = load(tmp_path, HOSTILE_RULES)
+    msg = message(topic, body={"a": body} if not isinstance(body, dict) else body)
+    m = meta()
+    routes = ruleset.routes(msg, m)
+    assert len(routes) == len(ruleset.matching_brute_force(msg, m))
+    [verdict] = ruleset.explain(msg, m)
+    assert verdict.matched == bool(routes)
