@@ -237,6 +237,12 @@ class ScriptedServer:
             self._server.close()
             await self._server.wait_closed()
 
+    async def broadcast(self, line: str) -> None:
+        """Send ``line`` to every connected client (a MODE change by a channel operator)."""
+        for writer in list(self._clients):
+            writer.write(line.encode() + b"\r\n")
+            await writer.drain()
+
     def privmsgs(self, target: str) -> list[str]:
         prefix = f"PRIVMSG {target} :"
         return [line[len(prefix):] for line in self.lines if line.startswith(prefix)]

@@ -168,6 +168,29 @@ async def test_colours_stripped_in_plus_c_channel() -> None:
         await server.close()
 
 
+async def test_colours_dropped_once_channel_becomes_plus_c() -> None:
+    """When an operator sets +c while the bot is in the channel, the next lines come without colours."""
+    server = ScriptedServer()
+    await server.start()
+    bot = IRCBackend("testnet", IRCAccount.model_validate(
+        {"backend": "irc", "server": f"irc://127.0.0.1:{server.port}", "nick": "fnbot", "rate": 50, "burst": 20}))
+    try:
+        await bot.start()
+        line = f"{irc_color('copr', 'copr')} build started"
+        await bot.send(item("#chan", line))
+        await server.broadcast(":op!op@localhost MODE #chan +c")
+        await server.broadcast(":op!op@localhost MODE #other +c")
+        await server.wait_for(lambda: not bot.session.colours_allowed("#chan"))
+        await bot.send(item("#chan", line))
+        await server.broadcast(":op!op@localhost MODE #chan -c")
+        await server.wait_for(lambda: bot.session.colours_allowed("#chan"))
+        await bot.send(item("#chan", line))
+        assert server.privmsgs("#chan") == [line, "copr build started", line]
+    finally:
+        await bot.close()
+        await server.close()
+
+
 async def test_600_byte_message_truncated_to_a_valid_line(make_bot: MakeBot, listener: Listener) -> None:
     """A 600-byte message arrives as one line within 512 bytes (prefix included), ending in an ellipsis."""
     channel = unique("#long")
@@ -303,6 +326,70 @@ async def test_nick_in_use_takes_alternative_then_regains(make_bot: MakeBot, lis
     await bot.send(item(channel, "second"))
     second = (await listener.wait_for(2, channel))[1]
     assert second.sender.startswith(f"{nick}!")
+
+
+async def test_kicked_bot_rejoins_on_next_delivery(make_bot: MakeBot, listener: Listener) -> None:
+    """A bot kicked from a channel joins again for its next line instead of failing forever."""
+    channel = unique("#kick")
+    await listener.join(channel)
+    bot = await make_bot()
+    await bot.send(item(channel, "before the kick"))
+    await listener.wait_for(1, channel)
+    parted = listener.expect(lambda line: f" KICK {channel} {bot.session.nick}" in line)
+    listener.send(f"KICK {channel} {bot.session.nick} :testing")
+    await asyncio.wait_for(parted, 5)
+    await bot.send(item(channel, "after the kick"))
+    texts = [m.text for m in await listener.wait_for(2, channel)]
+    assert texts == ["before the kick", "after the kick"]
+
+
+async def test_configured_channels_joined_on_connect(make_bot: MakeBot, listener: Listener) -> None:
+    """Channels listed in the account are joined at connect, before the first message for them."""
+    channel = unique("#joined")
+    await listener.join(channel)
+    nick = unique("fnjoin")
+    joined = listener.expect(lambda line: line.startswith(f":{nick}!") and " JOIN " in line)
+    await make_bot(nick=nick, channels=[channel])
+    assert channel in await asyncio.wait_for(joined, 10)
+
+
+async def test_lines_leave_at_the_configured_pace(make_bot: MakeBot, listener: Listener) -> None:
+    """The bot never sends faster than its rate after the burst, whatever the channel count."""
+    first, second = unique("#pace"), unique("#pace")
+    await listener.join(first)
+    await listener.join(second)
+    bot = await make_bot(rate=10, burst=2)
+    await bot.session.wait_ready(10)
+    await bot.session.join(first)
+    await bot.session.join(second)
+    await asyncio.sleep(0.3)  # let the bucket refill to its burst
+    started = time.monotonic()
+    await asyncio.gather(*(bot.send(item(first if n % 2 else second, f"p{n}")) for n in range(12)))
+    elapsed = time.monotonic() - started
+    assert elapsed >= (12 - 2) / 10 * 0.9
+    await listener.wait_for(6, first)
+    await listener.wait_for(6, second)
+
+
+async def test_nickserv_identify_when_no_sasl(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """On networks without SASL the bot identifies to NickServ after connecting, without logging the password."""
+    caplog.set_level(logging.DEBUG)
+    (tmp_path / "ns.pw").write_text("ns-sekrit-99\n")
+    server = ScriptedServer()
+    await server.start()
+    bot = IRCBackend("testnet", IRCAccount.model_validate({
+        "backend": "irc", "server": f"irc://127.0.0.1:{server.port}", "nick": "fnbot", "rate": 50, "burst": 20,
+        "nickserv_password_file": str(tmp_path / "ns.pw"),
+    }))
+    try:
+        await bot.start()
+        await bot.send(item("#chan", "identified"))
+        assert "PRIVMSG NickServ :IDENTIFY fnbot ns-sekrit-99" in server.lines
+        assert server.lines.index("PRIVMSG NickServ :IDENTIFY fnbot ns-sekrit-99") < server.lines.index("JOIN #chan")
+    finally:
+        await bot.close()
+        await server.close()
+    assert "ns-sekrit-99" not in caplog.text
 
 
 async def test_channel_with_key(make_bot: MakeBot, listener: Listener, secrets: Path) -> None:
@@ -480,6 +567,17 @@ def test_summary_line_counts_per_service_and_lag() -> None:
     assert "koji: 57 more" in line and "bodhi: 12 more" in line
     assert line.index("koji") < line.index("bodhi")
     assert line.startswith("backlog: 69 messages coalesced, 4 min behind - ")
+
+
+def test_account_secrets_are_not_shown(secrets: Path) -> None:
+    """Channel keys and passwords never appear in the account's repr or dump (what check and status print)."""
+    account = IRCAccount.model_validate({
+        "backend": "irc", "server": "ircs://irc.libera.chat", "nick": "fnbot",
+        "password_file": str(secrets / "server.pw"), "channel_keys": {"#a": "literal-key-55"},
+    })
+    shown = repr(account) + str(account.model_dump()) + repr(account.session_settings(1, 1))
+    assert "literal-key-55" not in shown and SERVER_PASSWORD not in shown
+    assert account.session_settings(1, 1).channel_keys == {"#a": "literal-key-55"}
 
 
 # ---------------------------------------------------------------------------- config

@@ -66,7 +66,9 @@ class IRCAccount(AccountOptions):
     sasl: SASLOptions | None = None
     nickserv_password_file: Path | None = Field(default=None, description="NickServ IDENTIFY when SASL is not used")
     channels: list[str] = Field(default_factory=list, description="joined on connect; others are joined on first use")
-    channel_keys: dict[str, str | ChannelKeyFile] = Field(default_factory=dict)
+    channel_keys: dict[str, SecretStr | ChannelKeyFile] = Field(
+        default_factory=dict, description='{"#chan": key} or {"#chan": {key_file: path}}'
+    )
     verify_tls: bool = True
     ca_file: Path | None = Field(default=None, description="CA bundle for ircs:// (e.g. a test or private CA)")
     notice: bool = Field(default=False, description="send NOTICE instead of PRIVMSG (bots, per RFC 2812 §3.3.2)")
@@ -118,7 +120,7 @@ class IRCAccount(AccountOptions):
             if isinstance(key, ChannelKeyFile):
                 secret = _read_secret(key.key_file, f"key of {channel}")
             else:
-                secret = SecretStr(key)
+                secret = key
             if " " in secret.get_secret_value() or "," in secret.get_secret_value():
                 raise ValueError(f"channel_keys: the key of {channel} contains a space or comma")
             self._keys[fold(channel)] = secret

@@ -112,7 +112,7 @@ def age_suffix(timestamp: float, now: float | None = None, *, threshold: float =
 
 
 def describe_age(seconds: float) -> str:
-    """A short human duration: "45 s", "3 min", "2 h", "5 days"."""
+    """A short human duration: "45 s", "3 min", "2 h", "5 days", "12 years"."""
     if seconds < 60:
         return f"{int(seconds)} s"
     if seconds < 3600:
@@ -120,4 +120,7 @@ def describe_age(seconds: float) -> str:
     if seconds < 86400:
         return f"{int(seconds // 3600)} h"
     days = int(seconds // 86400)
+    if days >= 365:
+        years = days // 365
+        return f"{years} year" if years == 1 else f"{years} years"
     return f"{days} day" if days == 1 else f"{days} days"

@@ -32,12 +32,13 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from fedmsg_notify.backend import PermanentFailure, TemporaryFailure
+from fedmsg_notify.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,11 @@ class SessionSettings:
     alt_nicks: list[str] = field(default_factory=list)
     username: str | None = None
     realname: str = "fedmsg-notify"
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     sasl_username: str | None = None
-    sasl_password: str | None = None
-    nickserv_password: str | None = None
-    channel_keys: dict[str, str] = field(default_factory=dict)
+    sasl_password: str | None = field(default=None, repr=False)
+    nickserv_password: str | None = field(default=None, repr=False)
+    channel_keys: dict[str, str] = field(default_factory=dict, repr=False)
     channels: list[str] = field(default_factory=list)
     ca_file: str | None = None
     verify_tls: bool = True
@@ -119,32 +120,9 @@ class SessionSettings:
     reconnect_min: float = 2.0
     reconnect_max: float = 300.0
     connect_timeout: float = 30.0
-    receipt_timeout: float = 60.0
+    # Below the engine's 30 s send timeout, so our own, clearer reason is what gets recorded.
+    receipt_timeout: float = 20.0
     keepalive: float = 90.0
-
-
-class TokenBucket:
-    """``rate`` commands a second on average, up to ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self.tokens = float(burst)
-        self.stamp = clock()
-        self._lock = asyncio.Lock()
-
-    async def take(self) -> None:
-        # The lock keeps waiters in arrival order, so lines leave in the order they came.
-        async with self._lock:
-            while True:
-                now = self.clock()
-                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
 def _connection_classes() -> tuple[type[Any], type[Any]]:
@@ -618,6 +596,9 @@ class Session:
             future.set_result(None)
 
     def _on_join_error(self, event: Any) -> None:
+        if event.type == "unavailresource" and not self._ready.is_set():
+            self._on_nick_refused(event)  # 437 during registration: the nick is held
+            return
         channel = event.arguments[0] if event.arguments else ""
         key = fold(channel)
         future = self._joins.pop(key, None)
