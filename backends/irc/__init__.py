@@ -49,9 +49,21 @@ class SASLOptions(StrictModel):
     username: str = Field(min_length=1)
     password_file: Path
 
+    @field_validator("password_file")
+    @classmethod
+    def _readable(cls, value: Path) -> Path:
+        _read_secret(value, "SASL password")  # the error points at this key
+        return value
+
 
 class ChannelKeyFile(StrictModel):
     key_file: Path
+
+    @field_validator("key_file")
+    @classmethod
+    def _readable(cls, value: Path) -> Path:
+        _read_secret(value, "channel key")
+        return value
 
 
 class IRCAccount(AccountOptions):
@@ -96,6 +108,14 @@ class IRCAccount(AccountOptions):
         for nick in [value] if isinstance(value, str) else value:
             if not NICK_RE.match(nick):
                 raise ValueError(f"{nick!r} is not a valid IRC nick (letters, digits, -[]\\`_^{{|}}, at most 30)")
+        return value
+
+    @field_validator("password_file", "nickserv_password_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        # Checked here so the error points at the key; the secret is kept by _load_secrets.
+        if value is not None:
+            _read_secret(value, "password")
         return value
 
     @field_validator("channels")
