@@ -588,7 +588,7 @@ def test_account_secrets_are_not_shown(secrets: Path) -> None:
     [
         ({"server": "http://irc.example"}, "irc:// or ircs://"),
         ({"nick": "bad nick"}, "not a valid IRC nick"),
-        ({"password_file": "/nonexistent/pw"}, "password_file.*cannot read password from /nonexistent/pw"),
+        ({"password_file": "/nonexistent/pw"}, "(?s)password_file.*cannot read password from /nonexistent/pw"),
         ({"channels": ["fedora"]}, "not a valid channel name"),
         ({"sasl": {"username": "u"}}, "password_file"),
     ],
