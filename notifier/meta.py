@@ -352,6 +352,12 @@ class CompiledService:
         return entry
 
 
+# jinja2 keywords and literals cannot be assigned to; a let of that name could never be used.
+_RESERVED_NAMES = frozenset(
+    {"and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False", "None", "loop"}
+)
+
+
 def _compile(name: str, source: str, doc: LocatedDocument, path: tuple[str | int, ...]) -> CompiledExpr | Problem:
     where = doc.where(path)
     try:
@@ -375,6 +381,11 @@ def _compile_service(doc: LocatedDocument) -> tuple[CompiledService | None, list
     def lets(mapping: dict[str, str], base: tuple[str | int, ...]) -> list[CompiledExpr]:
         out: list[CompiledExpr] = []
         for key, source in mapping.items():
+            if not key.isidentifier() or key in _RESERVED_NAMES:
+                problems.append(
+                    Problem(doc.where((*base, "let", key), key=True), f"let: '{key}' is not a usable variable name")
+                )
+                continue
             compiled = _compile(f"let {key}", source, doc, (*base, "let", key))
             if isinstance(compiled, Problem):
                 problems.append(compiled)
@@ -443,7 +454,7 @@ def _combine(entry: CompiledEntry) -> Template | None:
         lines.append(f"{{% set {name} = {wrap.format(expr.source) if expr else generic} %}}")
     try:
         return _compiled_template("".join(lines))
-    except TemplateError:  # pragma: no cover - every part compiled on its own already
+    except TemplateError:  # every part compiled on its own and let names are checked, so unexpected
         log.exception("cannot combine the expressions of %s; evaluating them one by one", entry.pattern)
         return None
 

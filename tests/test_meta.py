@@ -215,6 +215,8 @@ def test_check_reports_a_broken_expression_with_file_and_line(tmp_path: Path) ->
         "broken.yaml",
         """
         service: broken
+        let:
+          not-a-name: body.x
         defaults:
           agent: body.agent
           link: '"https://example.org/" ~ body.id |'
@@ -225,8 +227,9 @@ def test_check_reports_a_broken_expression_with_file_and_line(tmp_path: Path) ->
         """,
     )
     problems = [str(p) for p in MetaEngine([tmp_path], strict=False).check()]
-    assert any(p.startswith(f"{path}:4:") and "link: invalid expression" in p for p in problems), problems
-    assert any(p.startswith(f"{path}:5:") and "nosuchfilter" in p for p in problems), problems
+    assert any(p.startswith(f"{path}:3:") and "'not-a-name' is not a usable variable name" in p for p in problems)
+    assert any(p.startswith(f"{path}:6:") and "link: invalid expression" in p for p in problems), problems
+    assert any(p.startswith(f"{path}:7:") and "nosuchfilter" in p for p in problems), problems
     with pytest.raises(ProblemsError) as caught:
         MetaEngine([tmp_path])
     assert str(path) in str(caught.value)
