@@ -12,6 +12,7 @@ translated to RE2 too, with plain string tests for the common shapes.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,13 @@ class PatternError(ValueError):
     """A regex or glob that cannot be compiled; the message says why."""
 
 
+@functools.lru_cache(maxsize=16384)
 def compile_regex(pattern: str) -> Any:
-    """Compile ``pattern`` with RE2, raising :class:`PatternError` with RE2's reason."""
+    """Compile ``pattern`` with RE2, raising :class:`PatternError` with RE2's reason.
+
+    Cached: thousands of users' rule files repeat the same few patterns, and a
+    compiled RE2 program is immutable, so they can share it.
+    """
     try:
         return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
@@ -181,6 +187,12 @@ class Glob:
         return best if best[1] > 0 else None
 
 
+@functools.lru_cache(maxsize=16384)
+def glob(pattern: str) -> Glob:
+    """A compiled :class:`Glob`, shared between rules that write the same pattern."""
+    return Glob(pattern)
+
+
 def _glob_tokens(pattern: str) -> list[tuple[str, ...]]:
     """``("*",)``, ``("?",)``, ``("class", regex)`` or ``("lit", char)`` per element."""
     tokens: list[tuple[str, ...]] = []
@@ -242,8 +254,8 @@ class Topic(Condition):
         topic = message.topic
         # Explicit loops: this runs for every candidate rule, and a generator costs more
         # than the comparison it wraps.
-        for glob in self.globs:  # noqa: SIM110
-            if glob(topic):
+        for pattern in self.globs:  # noqa: SIM110
+            if pattern(topic):
                 return True
         return False
 
@@ -255,8 +267,8 @@ class Topic(Condition):
 
     def requirement(self) -> Requirement | None:
         keys = []
-        for glob in self.globs:
-            found = glob.index_key()
+        for pattern in self.globs:
+            found = pattern.index_key()
             if found is None:
                 return None
             keys.append(found)

@@ -30,13 +30,13 @@ from fedmsg_notify.match import (
     Env,
     Everything,
     Field,
-    Glob,
     Not,
     Packages,
     PatternError,
     Service,
     Topic,
     Users,
+    glob,
 )
 from fedmsg_notify.meta import Meta
 from fedmsg_notify.validation import did_you_mean, validate
@@ -243,7 +243,7 @@ class _FileCompiler:
             if globs is None:
                 return None
             try:
-                return Topic([Glob(g) for g in globs])
+                return Topic([glob(g) for g in globs])
             except PatternError as exc:
                 self.error(path, f"{_where(path)}: {exc}")
                 return None
