@@ -25,6 +25,8 @@ DEFAULT_MAX_BYTES = 1_000_000
 # and copy message content, and nothing a real fedmsg service sends comes close.
 DEFAULT_MAX_DEPTH = 64
 DEFAULT_MAX_STRING = 256 * 1024
+# 9999-12-31T23:59:59Z, the last second ``datetime`` can represent.
+MAX_TIMESTAMP = 253_402_300_799
 
 # One JSON string literal, escapes included. Possessive/atomic so a scan never
 # backtracks, and an unterminated string simply runs to the end of the text (a lone
@@ -33,6 +35,9 @@ DEFAULT_MAX_STRING = 256 * 1024
 _JSON_STRING = re.compile(r'("(?>[^"\\]*+(?:\\.[^"\\]*+)*+)(?:"|\\?\Z))', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# A \u escape of a UTF-16 surrogate: the only way JSON text that is valid UTF-8 can
+# carry a lone surrogate, which no later stage (regex engine, IRC, mail) can encode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class MalformedMessage(ValueError):
@@ -124,8 +129,12 @@ class Message:
 
     @property
     def timestamp(self) -> float:
+        """Seconds since the epoch; the receive time when the sender's is not a usable date."""
         value = self.envelope.get("timestamp")
-        return float(value) if isinstance(value, (int, float)) else self.received
+        if isinstance(value, (int, float)) and 0 <= value <= MAX_TIMESTAMP:
+            return float(value)
+        # NaN, negative or beyond year 9999: datetime (mail Date headers, "3 min ago") cannot take it.
+        return self.received
 
     @classmethod
     def from_envelope(cls, envelope: Any, *, frame_topic: str | None = None) -> Message:
@@ -200,4 +209,10 @@ def decode_frames(
         envelope = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise MalformedMessage("invalid-json", str(exc)[:200]) from None
+    if _SURROGATE_ESCAPE.search(text):
+        # Rare (a surrogate pair escape is legitimate): only then serialise once to find a lone one.
+        try:
+            json.dumps(envelope, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedMessage("invalid-unicode", "a \\u escape encodes a lone UTF-16 surrogate") from None
     return Message.from_envelope(envelope, frame_topic=topic)

@@ -77,8 +77,14 @@ def one_line(text: str) -> str:
 
 
 def header_safe(text: str) -> str:
-    """A mail header value that cannot be split into a second header by its content."""
-    return one_line(plain_text(text))
+    """A mail header value that cannot be split into a second header by its content.
+
+    RFC 2047 encoded words are defused too: Python's email package (before 3.11.10 /
+    3.12.5, CVE-2024-6923) decodes ``=?utf-8?q?=0D=0ABcc:...?=`` in a value it is given
+    and writes the decoded CR LF back out, which would start a real ``Bcc:`` header.
+    A word joiner between ``=`` and ``?`` keeps the text readable and undecodable.
+    """
+    return one_line(plain_text(text)).replace("=?", "=\u2060?")
 
 
 def strip_irc_formatting(text: str) -> str:
