@@ -57,7 +57,7 @@ async def test_permanent_failure_and_malformed_counts_show_in_status(
         await asyncio.to_thread(publisher.send_raw, [BODHI.encode(), b"{not json"])
         assert daemon.store is not None
         store = daemon.store
-        await until(lambda: store.status(time.time())[0].failed == 2, 10, "two permanent failures")
+        await until(lambda: [r.failed for r in store.status(time.time())] == [2], 10, "two permanent failures")
     finally:
         publisher.close(linger_ms=0)
         daemon.stop()
