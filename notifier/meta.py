@@ -261,6 +261,11 @@ def make_environment() -> SandboxedEnvironment:
     return env
 
 
+@functools.cache
+def _shared_globals() -> dict[str, Any]:
+    return dict(make_environment().globals)
+
+
 # Compiling is the expensive part of loading (~2 ms per expression); engines built from
 # the same files (the shipped ones, `check` after start-up, tests) share the results.
 @functools.lru_cache(maxsize=8192)
@@ -632,6 +637,9 @@ class MetaEngine:
             )
         entry = service.select(rest)
         ctx: dict[str, Any] = {
+            # The sandbox's globals, merged here so jinja2 can use this dict as the
+            # context as-is (shared=True) instead of rebuilding it from a ChainMap.
+            **_shared_globals(),
             "body": body,
             "msg": body,
             "message": message.envelope,
@@ -647,7 +655,7 @@ class MetaEngine:
             entry.combined = True
         if entry.fast is not None:
             try:
-                done = entry.fast.make_module(ctx).__dict__
+                done = entry.fast.make_module(ctx, shared=True).__dict__
             except Exception:
                 pass  # the slow path below finds, logs and replaces the failing field
             else:
