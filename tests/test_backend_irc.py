@@ -21,6 +21,10 @@ import trustme
 from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.backends.irc import IRCAccount, IRCBackend
 from fedmsg_notify.backends.irc.lines import MAX_LINE_BYTES, fit, relay_budget, wire_safe
+from fedmsg_notify.envelope import Message
+from fedmsg_notify.meta import Meta
+from fedmsg_notify.render import Renderer
+from fedmsg_notify.rules import Route, Rule
 from fedmsg_notify.sanitize import irc_color
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,6 +34,7 @@ from tests.ircserver import Listener, Ngircd, ScriptedServer
 
 SERVER_PASSWORD = "srv-sekrit-7781"
 SASL_PASSWORD = "sasl-sekrit-4410"
+RENDERER = Renderer([])  # shipped templates only
 _ids = itertools.count(1)
 
 MakeBot = Callable[..., Awaitable[IRCBackend]]
@@ -274,6 +279,25 @@ def test_formatted_lines_never_carry_line_breaks(text: str, target: str, split: 
         assert not set(line) & {"\r", "\n", "\x00"}
         assert len(line.encode()) <= budget
         line.encode().decode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.text(), st.text(max_size=50))
+def test_shipped_template_output_is_wire_safe(title: str, subtitle: str, agent: str) -> None:
+    """Hostile metadata rendered through the shipped irc template and the backend yields only clean lines."""
+    message = Message.from_envelope({
+        "topic": "org.fedoraproject.prod.bodhi.update.comment", "msg": {"agent": agent},
+        "timestamp": time.time(), "msg_id": "2024-x",
+    })
+    meta = Meta(title=title, subtitle=subtitle, link=f"https://x.test/{agent}", icon=None, agent=agent,
+                usernames=(), packages=())
+    route = Route(Destination("net", "#c"), Rule("r", "rules/r.yaml"), template=None)
+    rendered = RENDERER.render(IRCBackend, message, meta, route)
+    bot = IRCBackend("net", IRCAccount.model_validate({"backend": "irc", "server": "irc://x", "nick": "fnbot"}))
+    lines = bot.format(item("#c", rendered["line"], account="net"), "#c", "privmsg", split=True)
+    for line in lines:
+        assert not set(line) & {"\r", "\n", "\x00", "\x01"}
+        assert len(line.encode()) <= relay_budget("PRIVMSG", "#c", "fnbot", None, None)
 
 
 def test_fit_truncates_at_character_boundary() -> None:
