@@ -204,6 +204,17 @@ def decode_frames(
         text = raw_body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedMessage("invalid-utf8", str(exc)) from None
+    return decode_text(text, frame_topic=topic, max_depth=max_depth, max_string=max_string)
+
+
+def decode_text(
+    text: str,
+    *,
+    frame_topic: str | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_string: int = DEFAULT_MAX_STRING,
+) -> Message:
+    """Decode one envelope's JSON text (from the bus, a file or stdin) with the same checks as the bus."""
     check_bounds(text, max_depth=max_depth, max_string=max_string)
     try:
         envelope = json.loads(text)
@@ -215,4 +226,4 @@ def decode_frames(
             json.dumps(envelope, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise MalformedMessage("invalid-unicode", "a \\u escape encodes a lone UTF-16 surrogate") from None
-    return Message.from_envelope(envelope, frame_topic=topic)
+    return Message.from_envelope(envelope, frame_topic=frame_topic)
