@@ -53,7 +53,7 @@ FILE_KEYS: Final = ("me", "rules")
 RULE_KEYS: Final = ("name", "match", "deliver")
 MATCH_KEYS: Final = ("topic", "service", "env", "users", "agent", "packages", "field", "all", "any", "not")
 DELIVER_KEYS: Final = ("via", "to", "template", "digest")
-DIGEST_KEYS: Final = ("every", "max")
+DIGEST_KEYS: Final = ("every", "max", "template")
 ME: Final = "$me"
 _DURATION = re.compile(r"(\d+)\s*([smhd])")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -68,10 +68,14 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """Batch deliveries: send when ``every_seconds`` have passed and/or ``max`` messages wait."""
+    """Batch deliveries: send when ``every_seconds`` have passed and/or ``max`` messages wait.
+
+    ``template`` overrides the backend's ``digest.j2`` for this destination.
+    """
 
     every_seconds: float | None = None
     max: int | None = None
+    template: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +437,14 @@ class _FileCompiler:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 self.error((*path, "max"), f"{_where((*path, 'max'))}: expected a positive whole number, got {limit!r}")
                 ok = False
-        return Digest(every_seconds=every, max=limit) if ok else None
+        template = value.get("template")
+        if "template" in value and (not isinstance(template, str) or not template):
+            self.error((*path, "template"), f"{_where((*path, 'template'))}: expected a template name")
+            ok = False
+        if "every" not in value and "max" not in value and ok:
+            self.error(path, f"{_where(path)}: expected {{every: 1h, max: 100}} (either or both)")
+            ok = False
+        return Digest(every_seconds=every, max=limit, template=template) if ok else None
 
 
 def _alias_expansion(file: Path, text: str) -> Problem | None:

@@ -95,7 +95,7 @@ def test_destination_fields_are_kept(tmp_path: Path) -> None:
             deliver:
               - {via: toot, visibility: unlisted, template: short.j2}
               - {via: libera, to: "#c", digest: {every: 1h30m, max: 20}}
-              - {via: mail, digest: {max: 5}}
+              - {via: mail, digest: {max: 5, template: console/weekly.j2}}
               - {via: out, digest: {every: 30m}}
         """,
     )
@@ -104,7 +104,7 @@ def test_destination_fields_are_kept(tmp_path: Path) -> None:
     assert routes[0].options == {"visibility": "unlisted"} and routes[0].template == "short.j2"
     assert routes[0].digest is None
     assert routes[1].digest == Digest(every_seconds=5400, max=20)
-    assert routes[2].digest == Digest(every_seconds=None, max=5)
+    assert routes[2].digest == Digest(every_seconds=None, max=5, template="console/weekly.j2")
     assert routes[3].digest == Digest(every_seconds=1800, max=None)
     assert routes[1].rule.line == 3 and routes[1].rule.file.endswith("a.yaml")
 
