@@ -423,6 +423,18 @@ def test_meta_as_dict_round_trips() -> None:
             {"subtitle": "ralph updated the FAS account ralph (ircnick and timezone)", "usernames": ("ralph",)},
         ),
         (
+            "org.release-monitoring.prod.anitya.project.version.update",
+            {"message": {"agent": "anitya", "old_version": "1.0", "upstream_version": "1.1",
+                         "packages": [{"distro": "Fedora", "package_name": "python-foo"}]},
+             "project": {"id": 5, "name": "foo", "version": "1.1"}},
+            {
+                "subtitle": "new upstream version of foo: 1.1 (was 1.0)",
+                "packages": ("python-foo",),
+                "link": "https://release-monitoring.org/project/5/",
+                "usernames": (),
+            },
+        ),
+        (
             "org.fedoraproject.prod.bodhi.update.comment",
             {"comment": {"author": "adamw", "karma": -1, "user": {"name": "adamw"},
                          "update": {"alias": "FEDORA-2019-1", "title": "a-1-1.fc30 b-2-1.fc30",
