@@ -35,6 +35,8 @@ from fedmsg_notify.retry import Outcome, RetryPolicy
 
 log = logging.getLogger(__name__)
 
+WINDOW_SECONDS = 5.0
+
 
 class BackendHandle:
     """One account's backend instance, its pace, and whether it has been started."""
@@ -139,7 +141,11 @@ class DestinationWorker:
                 continue
             if self.coalescer is not None:
                 self.coalescer.check(self.store, self.destination, handle.backend, handle.bucket, now)
-            batch = self.store.window(self.destination, now, self.window)
+            # Load only what the pace sends in a few seconds, so a slow destination comes back
+            # here (and to the coalescing check) often rather than once per big window.
+            rate, burst = handle.bucket.rate, handle.bucket.burst
+            size = max(1, min(self.window, burst + int(rate * WINDOW_SECONDS)))
+            batch = self.store.window(self.destination, now, size)
             if not batch:
                 due = self.store.next_due(self.destination)
                 await self.clock.wait(self.wake, None if due is None else due - now)
