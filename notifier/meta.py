@@ -474,7 +474,7 @@ def load_services(dirs: Sequence[Path]) -> tuple[dict[str, CompiledService], lis
             problems.append(Problem(Position(str(directory), 1, 1), "services directory does not exist"))
             continue
         seen_here: dict[str, str] = {}
-        for path in sorted(directory.glob("*.yaml")):
+        for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
             try:
                 doc = load_located(path)
             except ProblemsError as exc:

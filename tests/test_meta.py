@@ -517,3 +517,11 @@ def test_combined_and_per_expression_evaluation_agree(engine: MetaEngine, sample
         assert engine.compute(message) == slow, sample["id"]
         compared += 1
     assert compared > 100
+
+
+def test_two_files_claiming_one_service_in_a_directory_is_a_problem(tmp_path: Path) -> None:
+    """Two user files both describing bodhi is ambiguous, so `check` names the second one."""
+    write(tmp_path, "a.yaml", "service: bodhi\n")
+    second = write(tmp_path, "b.yml", "service: [widgets, bodhi]\n")
+    problems = [str(p) for p in MetaEngine([tmp_path], strict=False).check()]
+    assert problems == [f"{second}:1:10: service 'bodhi' is already defined in {tmp_path / 'a.yaml'}"]
