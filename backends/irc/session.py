@@ -32,7 +32,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -166,6 +166,18 @@ def _connection_classes() -> tuple[type[Any], type[Any]]:
             self.user(username, ircname)
             return self
 
+        def process_data(self, new_data: bytes) -> None:
+            """Like the library's, but one line it cannot parse (or a handler bug) is
+            logged and skipped instead of tearing the connection down."""
+            self.buffer.feed(new_data)
+            for line in self.buffer:
+                if not line:
+                    continue
+                try:
+                    self._process_line(line)
+                except Exception:
+                    log.exception("irc: cannot handle server line %r", line[:200])
+
         def send_raw(self, string: str) -> None:
             """Write one line; unlike the library's, never logs it (PASS, AUTHENTICATE and
             IDENTIFY carry secrets) and never raises on a closed transport."""
@@ -181,6 +193,12 @@ def _connection_classes() -> tuple[type[Any], type[Any]]:
                 del self.connected
             except AttributeError:
                 return
+            # The library registers its SASL state machine on the shared reactor and
+            # only removes it when SASL finishes: a connection lost mid-SASL must not
+            # leave it reacting to the next connection's events.
+            for event in ("cap", "authenticate", "saslsuccess", "saslfail"):
+                with contextlib.suppress(ValueError, KeyError):
+                    self.reactor.remove_global_handler(event, self._sasl_state_machine)
             if self.transport is not None and not self.transport.is_closing():
                 with contextlib.suppress(Exception):
                     self.quit(message)
@@ -278,6 +296,9 @@ class Session:
                     log.warning("irc %s: connection to %s lost", self.account_name, self.settings.server)
             except (TimeoutError, OSError, ConnectionError, ssl.SSLError, RegistrationFailed) as exc:
                 log.warning("irc %s: cannot connect to %s: %s", self.account_name, self.settings.server, exc)
+            except Exception:
+                # A bug must not end the reconnect loop: the bot would stay silent forever.
+                log.exception("irc %s: unexpected error on %s", self.account_name, self.settings.server)
             finally:
                 self._on_lost()
             if self._closing:
@@ -361,7 +382,7 @@ class Session:
     def retry_after(self) -> float:
         return max(1.0, self._next_attempt - time.monotonic())
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
