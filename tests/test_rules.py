@@ -212,6 +212,17 @@ def test_regex_rejected_by_re2_is_a_load_error(tmp_path: Path) -> None:
     assert problem.startswith("a.yaml:1:57: rules.0.match.field.matches: invalid regex '(?=a)b'")
 
 
+def test_regex_too_big_for_re2_is_a_load_error(tmp_path: Path) -> None:
+    """A pattern whose compiled program would be enormous is refused at load rather than eating memory."""
+    write(
+        tmp_path,
+        "a.yaml",
+        'rules: [{name: r, match: {field: {path: msg.x, matches: "((a{100}){100}){100}"}}, deliver: [{via: out}]}]\n',
+    )
+    [problem] = problems(tmp_path)
+    assert problem.startswith("a.yaml:1:57: rules.0.match.field.matches: invalid regex '((a{100}){100}){100}': ")
+
+
 def test_rule_count_limit(tmp_path: Path) -> None:
     """A file with more rules than allowed is refused with the count and the limit."""
     rules = "".join(f"  - {{name: r{n}, match: {{}}, deliver: [{{via: out}}]}}\n" for n in range(6))
@@ -276,10 +287,20 @@ def sample_messages(samples: list[dict[str, Any]]) -> list[tuple[Message, Meta]]
 
 def vocabulary(pairs: list[tuple[Message, Meta]]) -> dict[str, list[str]]:
     topics = sorted({m.topic for m, _ in pairs})
+    nvrs = sorted(
+        {
+            b["nvr"]
+            for m, _ in pairs
+            if isinstance(m.body, dict) and isinstance(m.body.get("update"), dict)
+            for b in m.body["update"].get("builds") or []
+            if isinstance(b, dict) and isinstance(b.get("nvr"), str)
+        }
+    )
     pieces = sorted({p for t in topics for p in t.split(".")})
     return {
         "topics": topics,
         "pieces": pieces,
+        "nvrs": [*nvrs, "none-1-1"],
         "services": [*sorted({m.parts.service for m, _ in pairs}), "nosuch"],
         "users": [*sorted({u for _, x in pairs for u in x.usernames}), "nobody"],
         "packages": [*sorted({p for _, x in pairs for p in x.packages}), "nopkg"],
@@ -309,6 +330,11 @@ def condition_strategy(vocab: dict[str, list[str]]) -> st.SearchStrategy[dict[st
         st.builds(lambda a: {"agent": a}, st.sampled_from(vocab["users"])),
         st.builds(lambda p: {"packages": p}, st.lists(st.sampled_from(vocab["packages"]), min_size=1, max_size=3)),
         st.builds(lambda v: {"field": {"path": "msg.agent", "equals": v}}, st.sampled_from(vocab["users"])),
+        st.builds(
+            lambda v: {"field": {"path": "msg.update.builds[*].nvr", "in": v}},
+            st.lists(st.sampled_from(vocab["nvrs"]), min_size=1, max_size=3),
+        ),
+        st.builds(lambda v: {"field": {"path": "msg.owner", "equals": v}}, st.sampled_from(vocab["users"])),
         st.builds(lambda p: {"field": {"path": "topic", "matches": p}}, st.sampled_from(vocab["pieces"])),
     )
 
