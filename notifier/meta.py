@@ -124,19 +124,26 @@ def nvr_name(value: Any) -> str | None:
     return match.group("name") if match else value.strip()
 
 
+# Hostile messages can nest lists arbitrarily deep or carry huge ones; names live at
+# most a few levels down, and no event involves more people or packages than this.
+_FLATTEN_DEPTH = 4
+_FLATTEN_ITEMS = 10_000
+
+
 def _flatten(value: Any) -> list[Any]:
-    if value is None or isinstance(value, Undefined):
-        return []
-    if isinstance(value, (str, bytes)):
-        return [value]
-    if isinstance(value, Mapping):
-        return list(value)
-    if isinstance(value, Iterable):
-        out: list[Any] = []
-        for item in value:
-            out.extend(_flatten(item))
-        return out
-    return [value]
+    """Leaves of nested lists (a mapping contributes its keys), iteratively and bounded."""
+    out: list[Any] = []
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack and len(out) < _FLATTEN_ITEMS:
+        item, depth = stack.pop()
+        if item is None or isinstance(item, Undefined):
+            continue
+        if isinstance(item, (str, bytes)) or not isinstance(item, Iterable):
+            out.append(item)
+        elif depth < _FLATTEN_DEPTH:
+            children = list(item)[:_FLATTEN_ITEMS]
+            stack.extend((child, depth + 1) for child in reversed(children))
+    return out
 
 
 def compact(value: Any) -> list[Any]:

@@ -525,3 +525,15 @@ def test_two_files_claiming_one_service_in_a_directory_is_a_problem(tmp_path: Pa
     second = write(tmp_path, "b.yml", "service: [widgets, bodhi]\n")
     problems = [str(p) for p in MetaEngine([tmp_path], strict=False).check()]
     assert problems == [f"{second}:1:10: service 'bodhi' is already defined in {tmp_path / 'a.yaml'}"]
+
+
+def test_deeply_nested_or_huge_name_lists_are_bounded(engine: MetaEngine) -> None:
+    """A hostile message nesting lists thousands deep, or listing a million names, cannot stall or crash metadata."""
+    deep: Any = "ralph"
+    for _ in range(5000):
+        deep = [deep]
+    meta = engine.compute(make("org.fedoraproject.prod.trac.ticket.new", {"agent": "ralph", "ticket": {"owner": deep}}))
+    assert meta.usernames == ("ralph",)
+    many = [f"user{n}" for n in range(200_000)]
+    meta = engine.compute(make("org.fedoraproject.prod.trac.ticket.new", {"agent": "ralph", "ticket": {"owner": many}}))
+    assert "ralph" in meta.usernames and len(meta.usernames) <= 10_001
