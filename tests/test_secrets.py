@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import logging
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from fedmsg_notify import redact
+from fedmsg_notify.bus import Publisher
+from fedmsg_notify.cli import main as cli_main
 from fedmsg_notify.config import load_config
+from fedmsg_notify.daemon import Daemon
+from fedmsg_notify.envelope import build_envelope
 from fedmsg_notify.validation import StrictModel, validate
 from fedmsg_notify.yaml_positions import ProblemsError, load_located
 from pydantic import SecretStr
+
+from tests.conftest import free_port
+from tests.ircserver import ScriptedServer
+from tests.mastodonserver import MastodonServer
+from tests.smtpserver import smtp_server
 
 SECRET = "hunter2-Zq8xV"  # recognisable, never a substring of anything else in the output
 
@@ -145,3 +159,115 @@ def test_short_values_are_not_treated_as_secrets() -> None:
     """A three-letter 'password' would mask ordinary words everywhere, so it is not registered."""
     redact.register_secret("abc")
     assert redact.redact("abc def") == "abc def"
+
+
+# -- end to end: every backend with real servers refusing the credentials, then the CLI ------------
+
+
+def _forms(user: str, secret: str) -> list[str]:
+    """The secret as it could leak: plain, and base64 as SASL PLAIN / SMTP AUTH PLAIN / LOGIN carry it."""
+    return [
+        secret,
+        base64.b64encode(secret.encode()).decode(),
+        base64.b64encode(f"\0{user}\0{secret}".encode()).decode(),
+        base64.b64encode(f"{user}\0{user}\0{secret}".encode()).decode(),
+    ]
+
+
+async def test_secrets_never_leak_anywhere(
+    tmp_path: Path, endpoint: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With wrong passwords and tokens on IRC, SMTP and Mastodon, neither the logs (DEBUG), the stored
+    failures, nor `check`, `explain` and `status` output ever show a password, key or token."""
+    caplog.set_level(logging.DEBUG)
+    assert not getattr(logging.getLogRecordFactory(), "_fedmsg_notify_redacting", False), "must run unredacted"
+    secrets = {
+        "irc-pass": "ircPASS-7f3e91",
+        "sasl": "saslPW-2b8c44",
+        "chan-key": "chanKEY-5d1a07",
+        "inline-key": "inlineKEY-9e6b22",
+        "smtp": "smtpPW-4c7d83",
+        "token": "mastoTOKEN-1a2b3c4d5e",
+    }
+    for name, value in secrets.items():
+        (tmp_path / name).write_text(value + "\n")
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    smtp_port, irc = free_port(), ScriptedServer(sasl_accounts={"fnbot": "the-right-one"})
+    await irc.start()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: everything\n    match: {}\n"
+        "    deliver: [{via: irc, to: '#keyed'}, {via: mail, to: ralph@example.org}, {via: masto}]\n"
+    )
+    with (
+        smtp_server(
+            smtp_port, tls_context=server_tls, require_starttls=True, users={"notifier": "the-right-one"}
+        ) as smtp,
+        MastodonServer(token="the-right-token") as masto,
+    ):
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"bus: {{endpoints: ['{endpoint}']}}\n"
+            "accounts:\n"
+            f"  irc: {{backend: irc, server: 'irc://127.0.0.1:{irc.port}', nick: fnbot,\n"
+            f"        password_file: {tmp_path / 'irc-pass'},\n"
+            f"        sasl: {{username: fnbot, password_file: {tmp_path / 'sasl'}}},\n"
+            f"        channel_keys: {{'#keyed': {{key_file: {tmp_path / 'chan-key'}}}, '#inline': {secrets['inline-key']}}},\n"
+            "        reconnect_min: 0.2, reconnect_max: 0.5, connect_timeout: 5}\n"
+            f"  mail: {{backend: email, smtp: 'smtp://localhost:{smtp_port}', starttls: required, ca_file: {ca_file},\n"
+            f"         from: 'n <notify@example.org>', username: notifier, password_file: {tmp_path / 'smtp'}, timeout: 5}}\n"
+            f"  masto: {{backend: mastodon, instance: '{masto.url}', token_file: {tmp_path / 'token'}}}\n"
+            f"rules: [{rules}]\n"
+            f"state: {tmp_path / 'state.db'}\n"
+        )
+        daemon = Daemon(load_config(config), shutdown_timeout=2.0)
+        ready = asyncio.Event()
+        running = asyncio.create_task(daemon.run(ready))
+        publisher = Publisher(endpoint, wait=5.0)
+        try:
+            await asyncio.wait_for(ready.wait(), 20)
+            envelope = build_envelope(
+                "org.fedoraproject.prod.bodhi.update.comment", {"comment": {"text": "hi"}}, i=1, username="u"
+            )
+            await asyncio.to_thread(publisher.send_envelope, envelope)
+            async with asyncio.timeout(30):
+                # Every credential has travelled and been refused before we look at the traces.
+                while not (
+                    any(line.startswith("AUTHENTICATE ") and line != "AUTHENTICATE PLAIN" for line in irc.lines)
+                    and "login refused" in caplog.text
+                    and masto.posts
+                ):
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # let the failures be logged and stored
+        finally:
+            publisher.close(linger_ms=0)
+            daemon.stop()
+            await asyncio.wait_for(running, 30)
+            await irc.close()
+    assert not smtp.delivered and not masto.statuses  # every credential really was wrong
+
+    (tmp_path / "msg.json").write_text(json.dumps(envelope))
+    previous = logging.getLogRecordFactory()
+    try:
+        for argv in (["check"], ["explain", str(tmp_path / "msg.json")], ["status"], ["status", "--json"]):
+            cli_main(["-v", argv[0], "-c", str(config), *argv[1:]])
+    finally:
+        logging.setLogRecordFactory(previous)
+    out, err = capsys.readouterr()
+
+    traces = {
+        "logs": caplog.text + "".join(r.exc_text or "" for r in caplog.records),
+        "stdout of check/explain/status": out,
+        "stderr": err,
+        "state database": (tmp_path / "state.db").read_bytes().decode("utf-8", "replace"),
+    }
+    assert "everything" in out  # explain really ran on the message
+    users = {"sasl": "fnbot", "smtp": "notifier"}
+    for name, secret in secrets.items():
+        for form in _forms(users.get(name, ""), secret):
+            for where, text in traces.items():
+                assert form not in text, f"{name} secret leaked into {where}"
