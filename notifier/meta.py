@@ -276,8 +276,8 @@ def _shared_globals() -> dict[str, Any]:
 # Compiling is the expensive part of loading (~2 ms per expression); engines built from
 # the same files (the shipped ones, `check` after start-up, tests) share the results.
 @functools.lru_cache(maxsize=8192)
-def _compiled_expression(source: str) -> Evaluator:
-    return make_environment().compile_expression(source, undefined_to_none=True)
+def _compiled_expression(source: str, undefined_to_none: bool) -> Evaluator:
+    return make_environment().compile_expression(source, undefined_to_none=undefined_to_none)
 
 
 @functools.lru_cache(maxsize=2048)
@@ -373,7 +373,9 @@ _RESERVED_NAMES = frozenset(
 def _compile(name: str, source: str, doc: LocatedDocument, path: tuple[str | int, ...]) -> CompiledExpr | Problem:
     where = doc.where(path)
     try:
-        run = _compiled_expression(source)
+        # A let keeps "undefined" (not None) so later expressions behave exactly as in the
+        # combined template: ``x | string`` is "" either way, never "None".
+        run = _compiled_expression(source, not name.startswith("let "))
     except TemplateError as exc:
         line = getattr(exc, "lineno", None) or 1
         # The value's own position plus the expression's line (block scalars span lines).
