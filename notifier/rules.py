@@ -10,6 +10,7 @@ could match.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from fedmsg_notify.match import (
 from fedmsg_notify.meta import Meta
 from fedmsg_notify.validation import did_you_mean, validate
 from fedmsg_notify.yaml_positions import LocatedDocument, PathKey, Position, Problem, ProblemsError, load_located
+
+log = logging.getLogger(__name__)
 
 # Rule files may come from many users (SPEC "Hostile input"): bound what one file can
 # cost at load time and in memory. Fedora's heaviest FMN users had a few hundred rules.
@@ -502,10 +505,9 @@ def _yaml_hints(file: Path, problems: list[Problem]) -> list[Problem]:
     return out
 
 
-def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
+def rule_files(paths: Iterable[Path | str]) -> list[Path]:
     """Every ``*.yaml`` in each directory (sorted by name), or the file itself, in config order."""
     files: list[Path] = []
-    problems: list[Problem] = []
     for entry in paths:
         base = Path(entry).expanduser()
         if base.is_dir():
@@ -513,8 +515,10 @@ def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
         elif base.is_file():
             files.append(base)
         else:
-            problems.append(Problem(Position(str(base), 1, 1), "rule path does not exist"))
-    return files, problems
+            # The SPEC's sketch lists a system and a per-user directory; a daemon running
+            # as one of them rarely has both, so a missing one is not fatal, only logged.
+            log.warning("rule path %s does not exist; no rules loaded from it", base)
+    return files
 
 
 class RuleSet:
@@ -545,7 +549,8 @@ class RuleSet:
         max_file_bytes: int = MAX_FILE_BYTES,
     ) -> RuleSet:
         """Load every rule file; raise :class:`ProblemsError` with every problem in every file."""
-        files, problems = rule_files(paths)
+        files = rule_files(paths)
+        problems: list[Problem] = []
         docs: list[LocatedDocument] = []
         for file in files:
             size = file.stat().st_size
