@@ -60,6 +60,10 @@ def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, in
     if malformed:
         detail = ", ".join(f"{reason} {n}" for reason, n in sorted(malformed.items()))
         lines.append(f"malformed messages dropped: {sum(malformed.values())} ({detail})")
+    refused = {name.removeprefix("signature."): n for name, n in counters.items() if name.startswith("signature.")}
+    if refused:
+        detail = ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()))
+        lines.append(f"messages failing signature validation: {sum(refused.values())} ({detail})")
     return "\n".join(lines)
 
 

@@ -632,3 +632,13 @@ async def test_forged_messages_never_reach_a_recipient(pki: Pki, tmp_path: Path,
     assert [item.msg_id for item in recorder.items] == [good["msg_id"]]
     assert daemon.verifier is not None
     assert daemon.verifier.rejected == {"bad-signature": 1, "untrusted-certificate": 1, "revoked": 1, "unsigned": 1}
+    status = subprocess.run(
+        [sys.executable, "-m", "fedmsg_notify", "status", "-c", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        "messages failing signature validation: 4 (bad-signature 1, revoked 1, unsigned 1, untrusted-certificate 1)"
+        in status.stdout
+    ), status.stdout + status.stderr
