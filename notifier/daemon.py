@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,7 +41,7 @@ from fedmsg_notify.retry import RetryPolicy
 from fedmsg_notify.rules import Route, Rule, RuleSet
 from fedmsg_notify.signatures import make_verifier
 from fedmsg_notify.workers import BackendHandle, DestinationWorker
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.yaml_positions import Position, Problem, ProblemsError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Daemon:
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self._install_signals()
-        self.store = store = Outbox(self.config.state_path)
+        self.store = store = self._open_store()
         pruned = store.prune(self.clock.time())
         if pruned:
             log.info("pruned %d finished rows older than the retention", pruned)
@@ -211,6 +212,14 @@ class Daemon:
         return True
 
     # -- internals -----------------------------------------------------------------------
+
+    def _open_store(self) -> Outbox:
+        try:
+            return Outbox(self.config.state_path)
+        except (OSError, sqlite3.Error) as exc:
+            # Reported like a config error: the fix is the `state:` setting or its directory.
+            where = Position(self.config.source, 1, 1)
+            raise ProblemsError([Problem(where, f"state: cannot open {self.config.state_path}: {exc}")]) from exc
 
     def _reuse_handles(self, config: Config) -> tuple[dict[str, BackendHandle], list[BackendHandle]]:
         """Keep an account's running backend when its settings did not change (no IRC reconnect)."""
