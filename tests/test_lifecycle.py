@@ -331,3 +331,19 @@ def test_user_unit_runs_the_desktop_instance() -> None:
     assert "%E/fedmsg-notify/config.yaml" in unit["ExecStart"][0]
     assert unit["WantedBy"] == ["graphical-session.target"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+def test_watchdog_interval_is_half_of_watchdogsec_and_only_for_us(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon pings twice per WatchdogSec, and ignores a watchdog meant for another process."""
+    from fedmsg_notify import systemd
+
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert systemd.watchdog_interval() == 30.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert systemd.watchdog_interval() is None
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    monkeypatch.setenv("WATCHDOG_USEC", "soon")
+    assert systemd.watchdog_interval() is None
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert systemd.ready() is False  # not under systemd: a no-op, not an error
