@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from fedmsg_notify.bus import Subscriber
 from fedmsg_notify.config import load_config
-from fedmsg_notify.envelope import Message, build_envelope
+from fedmsg_notify.envelope import Message, build_envelope, canonical_json, decode_frames
 from fedmsg_notify.signatures import (
     SignatureConfigError,
     SignatureSettings,
@@ -33,6 +33,8 @@ from fedmsg_notify.signatures import (
     settings_from_fedmsg,
 )
 from fedmsg_notify.yaml_positions import ProblemsError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 TOPIC = "org.fedoraproject.dev.bodhi.update.comment"
 NOW = dt.datetime.now(dt.UTC)
@@ -642,3 +644,63 @@ async def test_forged_messages_never_reach_a_recipient(pki: Pki, tmp_path: Path,
         "messages failing signature validation: 4 (bad-signature 1, revoked 1, unsigned 1, untrusted-certificate 1)"
         in status.stdout
     ), status.stdout + status.stderr
+
+
+# -- canonical JSON fidelity -------------------------------------------------------------------
+
+TRICKY_BODIES: list[Any] = [
+    {"é": "✓", "emoji": "\U0001f600", "line": "a\u2028b", "nul": "\x00", "html": "</script>"},
+    {"floats": [0.1, 1e-7, 1e22, -0.0, 3.141592653589793, 1.7976931348623157e308]},
+    {"ints": [0, -1, 2**53 + 1, 2**64, -(2**70)]},
+    {"B": 1, "a": 2, "_": 3, "A": 4, "é": 5, "10": 6, "9": 7},
+    {"nested": [[[]], {}, [{"x": [None, True, False]}]]},
+    {"escapes": 'quote " backslash \\ slash / tab \t newline \n cr \r'},
+    [],
+    "just a string",
+    None,
+    {"long": "x" * 5000},
+]
+
+
+def test_tricky_bodies_interoperate_both_ways(pki: Pki, fedmsg_python: str) -> None:
+    """Non-ASCII, floats, big integers and odd keys sign and verify identically in fedmsg and here."""
+    ours = [pki.signer("good")(unsigned(body=body)) for body in TRICKY_BODIES]
+    config = {"ca_cert_location": str(pki.ca), "crl_location": str(pki.crl)}
+    assert run_fedmsg(fedmsg_python, VALIDATE, [{"message": m, "config": config} for m in ours]) == [True] * len(ours)
+    theirs = run_fedmsg(
+        fedmsg_python,
+        SIGN,
+        [{"message": unsigned(body=body), "ssldir": str(pki.dir), "certname": "good"} for body in TRICKY_BODIES],
+    )
+    verifier = Verifier(pki.settings())
+    for envelope in theirs:
+        # As it arrives: canonical JSON on the wire, decoded by our bus decoder.
+        frames = [envelope["topic"].encode(), canonical_json(envelope).encode()]
+        assert verifier.check(decode_frames(frames).envelope).ok, envelope["msg"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    body=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+        max_leaves=10,
+    ),
+    key=st.sampled_from(["msg", "topic", "timestamp", "username", "i", "msg_id", "crypto", "extra"]),
+    value=st.text(max_size=5) | st.integers(),
+)
+def test_any_change_to_a_signed_envelope_is_detected(pki: Pki, body: Any, key: str, value: Any) -> None:
+    """Our signatures verify for any body, and changing any field (or adding one) is caught unless it changes nothing."""
+    signer, verifier = _SIGNING.setdefault("pair", (pki.signer("good"), Verifier(pki.settings())))
+    envelope = signer(unsigned(body=body))
+    assert verifier.check(envelope).ok
+    changed = dict(envelope, **{key: value})
+    same = canonical_json(changed) == canonical_json(envelope)
+    verdict = verifier.check(changed)
+    if same:
+        assert verdict.ok
+    else:
+        assert verdict.reason in ("bad-signature", "unsupported-crypto"), verdict
+
+
+_SIGNING: dict[str, tuple[Signer, Verifier]] = {}
