@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from fedmsg_notify.cli import load_cli_config
 from fedmsg_notify.config import Config
-from fedmsg_notify.envelope import MalformedMessage, Message
+from fedmsg_notify.envelope import MalformedMessage, Message, canonical_json, decode_text
 from fedmsg_notify.meta import Meta
 from fedmsg_notify.rules import RuleSet, Verdict
 
@@ -76,7 +76,9 @@ def to_message(data: Any) -> Message:
     """A bare envelope, or a sample/archive line carrying it under ``message``."""
     if isinstance(data, dict) and "topic" not in data and isinstance(data.get("message"), dict):
         data = data["message"]
-    return Message.from_envelope(data)
+    # Through the bus decoder's own checks (nesting, string length, lone surrogates), so a
+    # message the daemon would drop is reported as such instead of crashing a regex.
+    return decode_text(canonical_json(data))
 
 
 class Explainer:

@@ -15,6 +15,7 @@ import email
 import email.policy
 import io
 import json
+import logging
 import time
 from email.headerregistry import Address
 from pathlib import Path
@@ -538,3 +539,28 @@ def test_irc_injection_examples_stay_on_one_line(
     lines = irc.format(_item(irc, message, meta, rendered), IRC_TARGET, "privmsg", split=False)  # type: ignore[attr-defined]
     assert len(lines) == 1
     assert not set(lines[0]) & {"\r", "\n", "\x00"}
+
+
+def test_explain_reports_what_the_daemon_would_drop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`explain` on a message with a lone surrogate or absurd nesting says the daemon would drop it, no traceback."""
+    from fedmsg_notify.cli import main
+
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: r\n    match: {field: {path: msg.text, matches: '^a'}}\n    deliver: [{via: out}]\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"accounts: {{out: {{backend: console}}}}\nrules: [{tmp_path / 'rules.yaml'}]\n")
+    lines = [
+        '{"topic": "org.fedoraproject.prod.x.y", "msg": {"text": "a\\ud800"}, "timestamp": 1}',
+        '{"topic": "org.fedoraproject.prod.x.y", "msg": ' + "[" * 100 + "]" * 100 + ', "timestamp": 1}',
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    previous = logging.getLogRecordFactory()
+    try:
+        assert main(["explain", "-c", str(config), str(tmp_path / "m.jsonl")]) == 1
+    finally:
+        logging.setLogRecordFactory(previous)
+    err = capsys.readouterr().err
+    assert "m.jsonl:1: not a fedmsg message (invalid-unicode" in err
+    assert "m.jsonl:2: not a fedmsg message (too-deep" in err
+    assert "Traceback" not in err
