@@ -119,7 +119,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
                     meta = compute_meta(message)
                     link = f" {meta.link}" if meta.link else ""
-                    print(f"{message.topic} {meta.subtitle}{link}", flush=True)
+                    from fedmsg_notify.sanitize import one_line, plain_text
+
+                    # Bus content must not drive the terminal (escape sequences) or fake extra lines.
+                    print(one_line(plain_text(f"{message.topic} {meta.subtitle}{link}")), flush=True)
         finally:
             subscriber.close()
 

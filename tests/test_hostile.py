@@ -564,3 +564,29 @@ def test_explain_reports_what_the_daemon_would_drop(tmp_path: Path, capsys: pyte
     assert "m.jsonl:1: not a fedmsg message (invalid-unicode" in err
     assert "m.jsonl:2: not a fedmsg message (too-deep" in err
     assert "Traceback" not in err
+
+
+def test_tail_never_writes_control_characters_to_the_terminal(endpoint: str) -> None:
+    """`fedmsg-notify tail` prints a hostile topic as one inert line: no escape sequence, no forged second line."""
+    import subprocess
+    import sys
+
+    topic = "org.fedoraproject.prod.bodhi\x1b[2J\x1b]0;pwned\x07.update\r\nFAKE LINE"
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "fedmsg_notify", "tail", "--endpoint", endpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        publisher = Publisher(endpoint, wait=10.0)
+        publisher.publish(topic, {"comment": {"text": "\x1b[31mred\x1b[0m\nsecond"}})
+        publisher.publish("org.fedoraproject.prod.x.done", {})
+        publisher.close()
+        assert tail.stdout is not None
+        first, second = tail.stdout.readline(), tail.stdout.readline()
+    finally:
+        tail.kill()
+        tail.communicate()
+    assert first.endswith(b"\n") and b"FAKE LINE" in first
+    assert not set(first[:-1]) & {0x1B, 0x07, 0x0D, 0x0A, 0x00}, first
+    assert second.startswith(b"org.fedoraproject.prod.x.done")
