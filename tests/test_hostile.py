@@ -16,6 +16,7 @@ import email.policy
 import io
 import json
 import logging
+import re
 import time
 from email.headerregistry import Address
 from pathlib import Path
@@ -490,6 +491,20 @@ def _check_output(backend: Backend, item: Item, *, rendered: bool = True) -> Non
         limit = backend.limits.max_characters  # type: ignore[attr-defined]
         assert status_length(status) + len(payload.get("spoiler_text", "")) <= limit
         assert payload["content_type"] == "text/plain"
+    elif name == "desktop":
+        from fedmsg_notify.backends.desktop import body_for_server, build_popup
+
+        popup = build_popup(item, backend.settings)  # type: ignore[attr-defined]
+        assert popup.summary and not set(popup.summary) & {"\r", "\n", "\x00"}
+        assert popup.link is None or popup.link.startswith(("http://", "https://"))
+        for caps in (frozenset(), frozenset({"body-markup"}), frozenset({"body-markup", "body-hyperlinks"})):
+            body = body_for_server(popup, caps)
+            assert "\x00" not in body
+            if "body-markup" in caps:
+                # The only markup a server may see is the one link the backend adds itself.
+                tags = re.findall(r"<[^>]*>", body)
+                assert all(re.fullmatch(r'<a href="[^"<>]*">|</a>', tag) for tag in tags), tags
+                assert len(tags) <= 2
     elif name == "console":
         out = io.StringIO()
         backend.stream = out  # type: ignore[attr-defined]
