@@ -10,11 +10,13 @@ D-Bus, HTTP) are translated inside the backend and never reach the core.
 
 from __future__ import annotations
 
+import html
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from fedmsg_notify.sanitize import finish_parts
 from fedmsg_notify.validation import StrictModel
 from pydantic import Field
 
@@ -141,4 +143,6 @@ class Backend:
             per_service[item.service] += item.count
         detail = ", ".join(f"{service}: {count}" for service, count in per_service.most_common())
         text = f"{total} more messages ({detail})"
-        return {part: text for part in self.parts}
+        # Service names come from topics on the bus: make them as inert as template output.
+        parts = {part: html.escape(text) if part in self.html_parts else text for part in self.parts}
+        return finish_parts(parts, line_parts=self.line_parts, html_parts=self.html_parts)

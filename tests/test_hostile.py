@@ -509,7 +509,8 @@ def _check_output(backend: Backend, item: Item, *, rendered: bool = True) -> Non
         out = io.StringIO()
         backend.stream = out  # type: ignore[attr-defined]
         asyncio.run(backend.send(item))
-        assert out.getvalue().count("\n") == 1 and "\r" not in out.getvalue()
+        printed = out.getvalue()
+        assert printed.endswith("\n") and not {ch for ch in printed[:-1] if ord(ch) < 32}, printed
     elif rendered:
         # Any other backend: its text parts carry no NUL, its line parts no line break (checked above).
         assert all("\x00" not in value for value in item.rendered.values())
