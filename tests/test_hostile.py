@@ -522,7 +522,7 @@ def test_every_backend_output_is_injection_free(
     pipeline: tuple[Config, RuleSet, MetaEngine], backends: dict[str, Backend], message: Message, flood: int
 ) -> None:
     """For arbitrary message content, each backend's rendered and formatted output keeps to one line per IRC
-    message, adds no mail header, and posts plain text only — single messages and flood summaries alike."""
+    message, adds no mail header, and posts plain text only — single messages, digests and flood summaries alike."""
     config, _rules, meta_engine = pipeline
     renderer = _RENDERER.setdefault("r", Renderer(config.template_paths))
     meta = meta_engine.compute(message)
@@ -530,6 +530,12 @@ def test_every_backend_output_is_injection_free(
         rendered = renderer.render(type(backend), message, meta, _route(type(backend)))
         item = _item(backend, message, meta, rendered)
         _check_output(backend, item)
+        if flood > 1 and type(backend).supports_digest:
+            entries = [
+                {"message": message.envelope, "topic": message.topic, "meta": meta.as_dict(), "rendered": rendered}
+            ]
+            digest = renderer.render_digest(type(backend), entries * flood, _route(type(backend)), flood + 1)
+            _check_output(backend, _item(backend, message, meta, digest, count=flood + 1))
         if flood > 1:
             summary = backend.summarise([item] * flood)
             if summary:
