@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "irc": "fedmsg_notify.backends.irc:IRCBackend",
     "email": "fedmsg_notify.backends.email:EmailBackend",
     "mastodon": "fedmsg_notify.backends.mastodon:MastodonBackend",
+    "desktop": "fedmsg_notify.backends.desktop:DesktopBackend",
 }
 
 

@@ -398,6 +398,8 @@ class _Session:
     connection: Any  # dbus.bus.BusConnection
     interface: Any
     caps: frozenset[str]
+    # The server's unique bus name: popups belong to it, and a new owner forgot them.
+    owner: str = ""
     open: dict[int, _Open] = field(default_factory=dict)
     by_key: dict[str, int] = field(default_factory=dict)
     overflow_id: int = 0
@@ -520,8 +522,9 @@ class DesktopBackend(Backend):
         except dbus.DBusException as exc:
             raise TemporaryFailure(f"no D-Bus session bus at {address}: {_dbus_reason(exc)}") from None
         try:
-            present = bool(connection.name_has_owner(BUS_NAME)) or BUS_NAME in connection.list_activatable_names()
-            if not present:
+            owner = str(connection.get_name_owner(BUS_NAME)) if connection.name_has_owner(BUS_NAME) else ""
+            # A server that D-Bus starts on demand (a .service file) counts as present.
+            if not owner and BUS_NAME not in connection.list_activatable_names():
                 raise TemporaryFailure(f"no notification server on the session bus at {address} ({BUS_NAME})")
             proxy = connection.get_object(BUS_NAME, OBJECT_PATH)
             interface = _TimedInterface(dbus.Interface(proxy, dbus_interface=INTERFACE), CALL_TIMEOUT)
@@ -532,7 +535,7 @@ class DesktopBackend(Backend):
         except TemporaryFailure:
             connection.close()
             raise
-        session = _Session(address, connection, interface, caps)
+        session = _Session(address, connection, interface, caps, str(owner))
         connection.add_signal_receiver(
             functools.partial(self._closed, session), "NotificationClosed", INTERFACE, None, OBJECT_PATH
         )
@@ -636,6 +639,10 @@ class DesktopBackend(Backend):
         self._open_link(entry.link)
 
     def _owner_changed(self, session: _Session, owner: Any) -> None:
+        # Called once right away with the current owner, then on every change.
+        if str(owner) == session.owner:
+            return
+        session.owner = str(owner)
         # A restarted (or vanished) server forgot our popups: stop counting and replacing them.
         session.open.clear()
         session.by_key.clear()
