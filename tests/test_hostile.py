@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fedmsg_notify.backend import Backend, DeliveryError, Destination, Item
 from fedmsg_notify.backends import backend_class, backend_names
 from fedmsg_notify.bus import Publisher, Subscriber
@@ -39,7 +40,7 @@ from fedmsg_notify.meta import MetaEngine
 from fedmsg_notify.render import Renderer
 from fedmsg_notify.rules import Route, Rule, RuleSet
 from fedmsg_notify.signatures import SignatureSettings, Verifier, wrap_b64
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.yaml_positions import ProblemsError, load_located
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -612,3 +613,85 @@ def test_tail_never_writes_control_characters_to_the_terminal(endpoint: str) -> 
     assert first.endswith(b"\n") and b"FAKE LINE" in first
     assert not set(first[:-1]) & {0x1B, 0x07, 0x0D, 0x0A, 0x00}, first
     assert second.startswith(b"org.fedoraproject.prod.x.done")
+
+
+# -- property: rule files written by anyone ----------------------------------------------------------
+
+RULE_KEYS = [
+    "name", "match", "deliver", "topic", "service", "env", "users", "agent", "packages", "field", "path",
+    "equals", "in", "matches", "contains", "exists", "gt", "ge", "lt", "le", "any", "all", "not", "via", "to",
+    "digest", "every", "max", "template", "me", "rules", "urgency",
+]  # fmt: skip
+RULE_LEAVES = st.one_of(
+    st.sampled_from(["out", "redos", "$me", "*", "*.bodhi.*", "msg.a[*].b", "msg.", "[*]", "(a+)+$", "[", "(?<=x)y",
+                     "\\p{Greek}", "1h", "-5m", "#chan", "ralph@example.org", "", "a" * 3000]),
+    st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.booleans(), st.none(), hostile_text,
+)  # fmt: skip
+rule_yaml = st.recursive(
+    RULE_LEAVES,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.sampled_from(RULE_KEYS), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+MATCH_KEYS = ["topic", "service", "env", "users", "agent", "packages", "field", "any", "all", "not"]
+FIELD_OPS = ["equals", "in", "matches", "contains", "exists", "gt", "ge", "lt", "le"]
+condition = st.recursive(
+    st.one_of(
+        st.builds(
+            lambda k, v: {k: v}, st.sampled_from(MATCH_KEYS[:6]), RULE_LEAVES | st.lists(RULE_LEAVES, max_size=3)
+        ),
+        st.builds(
+            lambda path, op, v: {"field": {"path": path, op: v}},
+            st.sampled_from(
+                ["msg.comment.user.name", "msg.update.builds[*].nvr", "msg.owner", "msg", "topic", "msg.[*]"]
+            ),
+            st.sampled_from(FIELD_OPS),
+            RULE_LEAVES | st.lists(RULE_LEAVES, max_size=3),
+        ),
+    ),
+    lambda c: st.one_of(
+        st.builds(lambda k, cs: {k: cs}, st.sampled_from(["any", "all"]), st.lists(c, max_size=3)),
+        c.map(lambda inner: {"not": inner}),
+    ),
+    max_leaves=6,
+)
+well_formed_rules = st.lists(
+    st.builds(
+        lambda name, match, via: {"name": name, "match": match, "deliver": [{"via": via}]},
+        hostile_text,
+        condition,
+        st.sampled_from(["out", "redos", "nope"]),
+    ),
+    max_size=4,
+).map(lambda rules: {"me": "ralph", "rules": rules})
+
+
+@PROPERTY
+@given(
+    st.one_of(rule_yaml, well_formed_rules, st.lists(rule_yaml, max_size=3).map(lambda r: {"me": "ralph", "rules": r}))
+)
+def test_any_rule_file_loads_or_is_reported(pipeline: tuple[Config, RuleSet, MetaEngine], document: Any) -> None:
+    """Whatever a rule file says, loading it gives rules or positioned problems, and loaded rules evaluate safely."""
+    config, _rules, meta_engine = pipeline
+    text = yaml.safe_dump(document, allow_unicode=True)
+    try:
+        doc = load_located("hostile-rules.yaml", text)
+        ruleset = RuleSet.from_documents([doc], config.accounts)
+    except ProblemsError as exc:
+        assert exc.problems and all(str(p).startswith("hostile-rules.yaml:") for p in exc.problems)
+        return
+    for message in _valid_samples()[:20]:
+        ruleset.routes(message, meta_engine.compute(message))
+
+
+def _valid_samples() -> list[Message]:
+    messages = []
+    for sample in SAMPLES:
+        try:
+            messages.append(Message.from_envelope(sample["message"]))
+        except MalformedMessage:
+            pass  # the sample file also holds messages the daemon must drop
+    return messages
