@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -112,7 +113,7 @@ class NotificationServer:
 
     def start(self) -> None:
         env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.bus.address}
-        parameters = '{"capabilities": "%s"}' % " ".join(self.caps)
+        parameters = json.dumps({"capabilities": " ".join(self.caps)})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dbusmock", "--session", "--template", "notification_daemon", "-p", parameters],
             env=env,

@@ -23,7 +23,7 @@ from fedmsg_notify.backends.desktop import (
 from fedmsg_notify.config import load_config
 from fedmsg_notify.yaml_positions import ProblemsError
 
-from tests.dbusserver import FULL_CAPS, NotificationServer, Notified, SessionBus
+from tests.dbusserver import NotificationServer, Notified, SessionBus
 
 BUILD = "http://koji.fedoraproject.org/koji/buildinfo?buildID="
 UPDATE = "https://bodhi.fedoraproject.org/updates/FEDORA-2026-0123456789"
@@ -74,11 +74,6 @@ def item(summary: str, body: str = "", *, n: int = 1, link: str | None = None, s
     }
     fields.update(extra)
     return Item(**fields)
-
-
-def open_ids(calls: list[Notified], ids: list[int], closed: set[int]) -> set[int]:
-    """The popup ids a server shows after ``calls`` returned ``ids``, minus the ``closed`` ones."""
-    return {nid for nid in ids if nid not in closed}
 
 
 # --- what a popup looks like ----------------------------------------------------------------
@@ -257,7 +252,7 @@ async def test_bus_restart_is_noticed_and_the_next_popup_reconnects(
         await backend.send(item("before"))
         assert len(server.notifies()) == 1
     bus.stop()
-    with pytest.raises(TemporaryFailure, match="no D-Bus session bus|session bus"):
+    with pytest.raises(TemporaryFailure, match=rf"no D-Bus session bus at {bus.address}|showing a popup on {bus.address} failed"):
         await backend.send(item("while away", n=2))
     bus.start()
     with NotificationServer(bus) as server:
@@ -485,3 +480,36 @@ async def test_logged_out_deliveries_wait_in_status_and_show_once_after_login(
     capsys.readouterr()
     assert main(["status", "-c", str(config)]) == 0
     assert "sent 1" in capsys.readouterr().out
+
+
+def test_shipped_desktop_rules_make_failed_builds_critical_when_uncommented(
+    tmp_path: Path, samples: list[dict[str, Any]]
+) -> None:
+    """The commented example in rules/desktop.yaml is valid with a desktop account and makes my failed build critical."""
+    from fedmsg_notify.config import shipped_rules_dir
+    from fedmsg_notify.envelope import Message
+    from fedmsg_notify.meta import compute_meta
+    from fedmsg_notify.rules import RuleSet
+
+    shipped = (shipped_rules_dir() / "desktop.yaml").read_text(encoding="utf-8")
+    assert "  # - name: my failed koji builds" in shipped
+    lines = shipped.splitlines()
+    start = lines.index("  # - name: my failed koji builds")
+    for index in range(start, start + 7):
+        lines[index] = lines[index].replace("  # ", "  ", 1)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "desktop.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"accounts:\n  desktop: {{backend: desktop}}\nrules: ['{rules}']\n", encoding="utf-8")
+    loaded = load_config(config)
+    ruleset = RuleSet.load(loaded.rule_paths, loaded.accounts)
+
+    sample = next(s for s in samples if s["id"] == "buildsys.TestKojiBuildStateChangeStart")
+    envelope = {**sample["message"], "msg": {**sample["message"]["msg"], "new": 3}}
+    failed = Message.from_envelope(envelope)
+    [route] = ruleset.routes(failed, compute_meta(failed))
+    assert (route.rule.name, dict(route.options)) == ("my failed koji builds", {"urgency": "critical"})
+    started = Message.from_envelope(sample["message"])
+    [route] = ruleset.routes(started, compute_meta(started))
+    assert route.rule.name == "my koji builds" and not route.options
