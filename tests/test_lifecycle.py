@@ -337,7 +337,9 @@ def test_user_unit_runs_the_desktop_instance() -> None:
     unit = _unit(path)
     assert unit["Type"] == ["notify"]
     assert "%E/fedmsg-notify/config.yaml" in unit["ExecStart"][0]
-    assert unit["WantedBy"] == ["graphical-session.target"]
+    # With the user manager (lingering), not the graphical session: nothing is missed while logged out.
+    assert unit["WantedBy"] == ["default.target"]
+    assert "PartOf" not in unit
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
