@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 COUNTERS_EVERY = 30.0
 PRUNE_EVERY = 3600.0
+# Messages routed, rendered and committed per transaction.
+INTAKE_SLICE = 64
 
 
 def build_pipeline(config: Config) -> Pipeline:
@@ -268,7 +270,11 @@ class Daemon:
     async def _consume(self) -> None:
         assert self.subscriber is not None
         async for batch in self.subscriber.batches():
-            self.accept(batch)
+            # Store in slices, yielding between them: a 512-message burst would otherwise hold
+            # the event loop for a few hundred milliseconds while the workers wait.
+            for start in range(0, len(batch), INTAKE_SLICE):
+                self.accept(batch[start : start + INTAKE_SLICE])
+                await asyncio.sleep(0)
 
     def _render_digest(self, destination: Destination, entries: Sequence[DigestEntry], total: int) -> Mapping[str, str]:
         backend = self.pipeline.backends.get(destination.account)
