@@ -50,6 +50,8 @@ CRED_FIELDS = ("signature", "certificate")
 B64_LINE = 76
 # Distinct certificates remembered; a peer inventing certificates cannot grow memory past this.
 CACHE_SIZE = 1024
+# How often (seconds) the CA and CRL files are looked at for changes.
+RELOAD_EVERY = 60.0
 
 # Every reason a message can be refused, for documentation and for the counters.
 REASONS = (
@@ -156,6 +158,40 @@ def policy_allows(topic: str, signer: str | None, policy: Mapping[str, tuple[str
     return not nitpicky
 
 
+def _load_ca(path: Path) -> x509.Certificate:
+    data = _read(path, "CA certificate")
+    try:
+        # fedmsg (via pyOpenSSL's load_certificate) uses the first certificate in the file.
+        ca = x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise SignatureConfigError(f"{path}: not a PEM X.509 CA certificate: {exc}") from None
+    try:
+        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and not constraints.ca:
+        raise SignatureConfigError(f"{path}: certificate is not a CA (basicConstraints CA:FALSE)")
+    return ca
+
+
+def _load_crl(path: Path, ca: x509.Certificate) -> tuple[frozenset[int], float | None]:
+    """The revoked serial numbers and the next-update time of the CRL at ``path``, issued by ``ca``."""
+    data = _read(path, "certificate revocation list")
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError as exc:
+        raise SignatureConfigError(f"{path}: not a PEM certificate revocation list: {exc}") from None
+    # A CRL from another CA would silently revoke nothing; refuse it up front.
+    try:
+        valid = crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
+        raise SignatureConfigError(f"{path}: CRL is not signed by the configured CA ({ca.subject.rfc4514_string()})")
+    next_update = crl.next_update_utc
+    return frozenset(entry.serial_number for entry in crl), next_update.timestamp() if next_update else None
+
+
 class Verifier:
     """Checks fedmsg x509 signatures against one CA and (optionally) its CRL.
 
@@ -170,45 +206,43 @@ class Verifier:
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self._cache: OrderedDict[bytes, _Known | Verdict] = OrderedDict()
-        self.ca = self._load_ca(settings.ca_cert)
+        self.ca = _load_ca(settings.ca_cert)
         self._revoked: frozenset[int] = frozenset()
         self._crl_next_update: float | None = None
         if settings.crl is not None:
-            self._load_crl(settings.crl)
+            self._revoked, self._crl_next_update = _load_crl(settings.crl, self.ca)
+        self._stamp = self._files_stamp()
+        self._next_look = clock() + RELOAD_EVERY
 
-    def _load_ca(self, path: Path) -> x509.Certificate:
-        data = _read(path, "CA certificate")
-        try:
-            # fedmsg (via pyOpenSSL's load_certificate) uses the first certificate in the file.
-            ca = x509.load_pem_x509_certificate(data)
-        except ValueError as exc:
-            raise SignatureConfigError(f"{path}: not a PEM X.509 CA certificate: {exc}") from None
-        try:
-            constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            constraints = None
-        if constraints is not None and not constraints.ca:
-            raise SignatureConfigError(f"{path}: certificate is not a CA (basicConstraints CA:FALSE)")
-        return ca
+    def _files_stamp(self) -> tuple[tuple[int, int] | None, ...]:
+        stamps: list[tuple[int, int] | None] = []
+        for path in (self.settings.ca_cert, self.settings.crl):
+            try:
+                info = path.stat() if path is not None else None
+            except OSError:
+                info = None
+            stamps.append((info.st_mtime_ns, info.st_size) if info is not None else None)
+        return tuple(stamps)
 
-    def _load_crl(self, path: Path) -> None:
-        data = _read(path, "certificate revocation list")
+    def _maybe_reload(self, now: float) -> None:
+        """Pick up a rotated CA or a refreshed CRL (admins replace the files; fedmsg re-reads them too)."""
+        if now < self._next_look:
+            return
+        self._next_look = now + RELOAD_EVERY
+        stamp = self._files_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        assert self.settings.ca_cert is not None
         try:
-            crl = x509.load_pem_x509_crl(data)
-        except ValueError as exc:
-            raise SignatureConfigError(f"{path}: not a PEM certificate revocation list: {exc}") from None
-        # A CRL from another CA would silently revoke nothing; refuse it up front.
-        try:
-            valid = crl.issuer == self.ca.subject and crl.is_signature_valid(self.ca.public_key())  # type: ignore[arg-type]
-        except (TypeError, UnsupportedAlgorithm):
-            valid = False
-        if not valid:
-            raise SignatureConfigError(
-                f"{path}: CRL is not signed by the configured CA ({self.ca.subject.rfc4514_string()})"
-            )
-        self._revoked = frozenset(entry.serial_number for entry in crl)
-        next_update = crl.next_update_utc
-        self._crl_next_update = next_update.timestamp() if next_update else None
+            ca = _load_ca(self.settings.ca_cert)
+            revoked, next_update = _load_crl(self.settings.crl, ca) if self.settings.crl else (frozenset(), None)
+        except SignatureConfigError as exc:
+            log.error("signature files changed but cannot be used, keeping the previous ones: %s", exc)
+            return
+        self.ca, self._revoked, self._crl_next_update = ca, revoked, next_update
+        self._cache.clear()
+        log.info("reloaded the CA %s and CRL %s", self.settings.ca_cert, self.settings.crl or "(none)")
 
     # -- checking ----------------------------------------------------------------------
 
@@ -276,10 +310,11 @@ class Verifier:
             pem = _b64decode(envelope["certificate"], "certificate")
         except ValueError as exc:
             return _fail("bad-encoding", str(exc))
+        now = self.clock()
+        self._maybe_reload(now)
         known = self._certificate(pem)
         if isinstance(known, Verdict):
             return known
-        now = self.clock()
         when = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
         ca_after = self.ca.not_valid_after_utc.timestamp()
         if now > ca_after or now < self.ca.not_valid_before_utc.timestamp():

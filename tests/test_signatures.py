@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,7 @@ class Pki:
     stale_crl: Path
     expired_ca: Path
     signers: dict[str, str]  # role -> certname (files <certname>.crt/.key in dir)
+    authority: Issued  # the CA's certificate and key, to issue new CRLs
 
     def settings(self, **changes: Any) -> SignatureSettings:
         base: dict[str, Any] = {"validate": True, "ca_cert": self.ca, "crl": self.crl}
@@ -193,7 +195,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     crl.write_bytes(make_crl(ca, [REVOKED_SERIAL]))
     stale = directory / "stale-crl.pem"
     stale.write_bytes(make_crl(ca, [REVOKED_SERIAL], next_update=NOW - DAY))
-    return Pki(directory, ca_path, crl, other_path, stale, old_path, signers)
+    return Pki(directory, ca_path, crl, other_path, stale, old_path, signers, ca)
 
 
 def unsigned(topic: str = TOPIC, body: Any = None) -> dict[str, Any]:
@@ -476,6 +478,27 @@ def test_ec_certificate_is_refused_cleanly(pki: Pki) -> None:
     assert Verifier(pki.settings()).check(envelope).reason == "bad-signature"
     with pytest.raises(SignatureConfigError, match="RSA"):
         Signer(pki.dir / "ec.crt", pki.dir / "ec.key")
+
+
+def test_refreshed_crl_is_picked_up_while_running(
+    pki: Pki, fedmsg_signed: dict[str, dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CRL replaced on disk takes effect within a minute without a restart; a broken one keeps the old CRL."""
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(pki.crl.read_bytes())
+    now = [time.time()]
+    verifier = Verifier(pki.settings(crl=crl), clock=lambda: now[0])
+    good = fedmsg_signed["good"]
+    assert verifier.check(good).ok
+    serial = x509.load_pem_x509_certificate((pki.dir / "good.crt").read_bytes()).serial_number
+    crl.write_bytes(make_crl(pki.authority, [REVOKED_SERIAL, serial]))
+    assert verifier.check(good).ok  # files are looked at once a minute, not per message
+    now[0] += 61
+    assert verifier.check(good).reason == "revoked"
+    crl.write_text("not a CRL")
+    now[0] += 61
+    assert verifier.check(good).reason == "revoked"
+    assert "cannot be used, keeping the previous ones" in caplog.text
 
 
 def test_unusable_ca_or_crl_is_a_clear_error(pki: Pki, tmp_path: Path) -> None:
