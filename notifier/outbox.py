@@ -16,13 +16,14 @@ through the tables:
 * ``destinations`` / ``counters`` — what ``status`` shows besides the queues.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. In WAL mode NORMAL
-loses no committed transaction when the *process* dies (kill -9, OOM, a crash): the
-commit is in the WAL file, in the kernel's page cache. Only a power cut or kernel
-crash can roll back the last transactions; the worst outcome then is that a message
-is accepted again from... nowhere (the bus does not replay it, exactly as if it had
-arrived while we were down) or a send is repeated (the "sent" mark rolled back). FULL
-would close that by fsyncing every commit — one per send — which costs more than it
-buys for a notification daemon whose bus is itself fire-and-forget.
+loses no committed transaction when the *process* dies (kill -9, OOM killer, a crash):
+the commit is in the WAL file, in the kernel's page cache, and the kill test proves it.
+Only a power cut or kernel crash can roll back the last few transactions. Then (a)
+messages accepted in the last moment are lost, exactly as if they had arrived while
+the daemon was down (the fedmsg bus is fire-and-forget; no publisher waits for our
+commit), and (b) a delivery marked sent in the last moment is sent again (the backends'
+idempotency keys cover Mastodon and email). ``FULL`` would close that by fsyncing every
+commit — one per send — which costs more than it buys here.
 
 All methods are synchronous and short; the daemon calls them from its event loop
 (each is a handful of indexed statements, well under a millisecond).
