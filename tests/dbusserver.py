@@ -1,6 +1,6 @@
 """A real, private D-Bus session bus and a notification server on it, for the desktop backend tests.
 
-* :class:`SessionBus` runs Debian's ``dbus-daemon --session`` listening on a socket in
+* :class:`SessionBus` runs Debian's ``dbus-daemon --session`` (as a child process) on a socket in
   a temporary directory. The address is fixed before the daemon starts, so a test can
   point the backend at a bus that does not exist yet ("not logged in") and start it
   later, or stop and restart it at the same address.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -61,32 +60,29 @@ class SessionBus:
         self.workdir = workdir
         self.socket = workdir / "bus"
         self.address = f"unix:path={self.socket}"
-        self.pid: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(
-            ["dbus-daemon", "--session", "--fork", "--nosyslog", f"--address={self.address}", "--print-pid=1"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-        self.pid = int(out.split()[0])
+        # Our own child (not --fork): stop() reaps it at once, no zombie waits for init.
+        self.process = subprocess.Popen(
+            ["dbus-daemon", "--session", "--nofork", "--nosyslog", f"--address={self.address}", "--print-address=1"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        # The address is printed once the socket listens.
+        if not self.process.stdout.readline():
+            raise RuntimeError(f"dbus-daemon did not start at {self.address}")
 
     def stop(self) -> None:
-        if self.pid is None:
+        if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.01)
-        self.pid = None
+        self.process.terminate()
+        self.process.wait(5)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        self.process = None
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
 
