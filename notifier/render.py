@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 SHIPPED_PREFIX = "@shipped"
 # What a per-message template sees, and what a digest template sees.
-MESSAGE_CONTEXT = frozenset({"message", "body", "topic", "service", "meta", "rule", "destination"})
+MESSAGE_CONTEXT = frozenset({"message", "body", "topic", "service", "meta", "rule", "destination", "verified"})
 DIGEST_CONTEXT = frozenset({"messages", "count", "rule", "destination"})
 # Rendered parts of recent (template, message) pairs: enough for every destination
 # of a burst of messages to share one rendering, small enough to never matter.
@@ -417,6 +417,8 @@ class Renderer:
             "topic": message.topic,
             "service": message.service,
             "meta": dict(meta),
+            # False for a message that failed signature checks but is delivered (on_invalid: mark).
+            "verified": message.verified,
             **_route_context(route),
         }
         first = self.template_for(backend_cls, message, route)

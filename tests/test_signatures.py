@@ -727,3 +727,47 @@ def test_any_change_to_a_signed_envelope_is_detected(pki: Pki, body: Any, key: s
 
 
 _SIGNING: dict[str, tuple[Signer, Verifier]] = {}
+
+
+async def test_mark_mode_delivers_unverified_messages_marked(pki: Pki, tmp_path: Path, endpoint: str) -> None:
+    """With `on_invalid: mark` a forged message is still delivered, and templates can say it is unverified."""
+    from fedmsg_notify.bus import Publisher
+    from fedmsg_notify.daemon import Daemon
+    from fedmsg_notify.testing import RecordingBackend
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "all.yaml").write_text("rules:\n  - name: everything\n    match: {}\n    deliver: [{via: marked}]\n")
+    (tmp_path / "templates" / "recording").mkdir(parents=True)
+    (tmp_path / "templates" / "recording" / "default.j2").write_text(
+        "{{ 'UNVERIFIED ' if verified is sameas false else 'verified ' }}{{ body.n }}"
+    )
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(
+        f"bus: {{endpoints: ['{endpoint}']}}\n"
+        "accounts: {marked: {backend: 'fedmsg_notify.testing:RecordingBackend'}}\n"
+        f"rules: [{rules}]\n"
+        f"templates: [{tmp_path / 'templates'}]\n"
+        f"state: {tmp_path / 'state.db'}\n"
+        f"signatures: {{ca_cert: {pki.ca}, crl: {pki.crl}, on_invalid: mark}}\n"
+    )
+    daemon = Daemon(load_config(config_path))
+    ready = asyncio.Event()
+    running = asyncio.create_task(daemon.run(ready))
+    publisher = Publisher(endpoint, bind=True, wait=5.0)
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        for envelope in (
+            pki.signer("wrong-ca")(unsigned(body={"n": "forged"})),
+            pki.signer("good")(unsigned(body={"n": "good"})),
+        ):
+            await asyncio.to_thread(publisher.send_envelope, envelope)
+        async with asyncio.timeout(30):
+            while len(getattr(RecordingBackend.instances.get("marked"), "items", [])) < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        publisher.close(linger_ms=0)
+        daemon.stop()
+        await asyncio.wait_for(running, 30)
+    texts = sorted(item.rendered["text"] for item in RecordingBackend.instances["marked"].items)
+    assert texts == ["UNVERIFIED forged", "verified good"]
