@@ -9,7 +9,7 @@ dead SMTP server therefore never delays IRC, and a hung send is cut off by
 Exactly once, and the one window left open
 -------------------------------------------
 A delivery is marked ``sent`` in the statement right after ``backend.send`` returns,
-with no ``await`` in between, so nothing else runs in that gap. What no local protocol
+in the same task and with no ``await`` in between, so nothing else runs in that gap. What no local protocol
 can close is a crash after the remote side accepted the message and before our commit:
 at most one delivery per destination (the one in flight — sends to a destination are
 sequential) is then sent again after the restart. Backends that can be idempotent
@@ -170,7 +170,10 @@ class DestinationWorker:
         handle.inflight += 1
         try:
             await handle.ensure_started()
-            await asyncio.wait_for(handle.backend.send(item), self.send_timeout)
+            # asyncio.timeout, not wait_for: the send runs in this task, so its return flows
+            # straight into mark_sent below without a trip through the event loop.
+            async with asyncio.timeout(self.send_timeout):
+                await handle.backend.send(item)
         except asyncio.CancelledError:
             # Shutdown ran out of patience: the row stays queued and is sent next start.
             raise
