@@ -195,8 +195,10 @@ def _load_crl(path: Path, ca: x509.Certificate) -> tuple[frozenset[int], float |
 class Verifier:
     """Checks fedmsg x509 signatures against one CA and (optionally) its CRL.
 
-    ``check`` is pure (returns a :class:`Verdict`); ``admit`` applies the configured
-    policy to a :class:`Message`: counts, logs and marks it, and says whether to deliver.
+    ``check`` returns a :class:`Verdict` and changes nothing but caches (verified
+    certificates by PEM bytes; the CA and CRL files, re-read at most once a minute when
+    they change). ``admit`` applies the configured policy to a :class:`Message`: counts,
+    logs and marks it, and says whether to deliver it.
     """
 
     def __init__(self, settings: SignatureSettings, *, clock: Callable[[], float] = time.time) -> None:
