@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 from fedmsg_notify import sanitize
 from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, TemporaryFailure
 from fedmsg_notify.validation import StrictModel
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,14 @@ def _cut(text: str, limit: int) -> str:
 
 def build_popup(item: Item, account: DesktopAccount) -> Popup:
     """The popup for ``item``: rendered text, the destination's urgency and expiry, icon, link, object key."""
-    options = DesktopOptions.model_validate(dict(item.options)) if item.options else DesktopOptions()
+    try:
+        options = DesktopOptions.model_validate(dict(item.options)) if item.options else DesktopOptions()
+    except ValidationError as exc:
+        # Options stored with the delivery by an older configuration: show it plainly
+        # rather than retry a popup that can never become valid.
+        log.warning("%s: ignoring invalid popup options %s: %s", item.destination, dict(item.options),
+                    exc.errors()[0].get("msg", exc))
+        options = DesktopOptions()
     meta = item.meta or {}
     summary = _cut(sanitize.one_line(sanitize.plain_text(item.rendered.get("summary", ""))), MAX_SUMMARY)
     body = _cut(sanitize.plain_text(item.rendered.get("body", "")).strip(), MAX_BODY)
@@ -424,15 +431,25 @@ class _Session:
         return len(self.open) - (1 if self.overflow_id in self.open else 0)
 
 
+# The notification spec's method signatures. Given explicitly, dbus-python needs no
+# introspection round trip and never guesses a wrong type (e.g. for the hints dict).
+SIGNATURES: Mapping[str, str] = {
+    "Notify": "susssasa{sv}i",
+    "GetCapabilities": "",
+    "CloseNotification": "u",
+    "GetServerInformation": "",
+}
+
+
 class _TimedInterface:
-    """notify2 calls the interface without a timeout; this one adds ours to every call."""
+    """notify2 calls the interface without a timeout or signature; this one adds both to every call."""
 
     def __init__(self, interface: Any, timeout: float) -> None:
         self._interface = interface
         self._timeout = timeout
 
     def __getattr__(self, name: str) -> Any:
-        return functools.partial(getattr(self._interface, name), timeout=self._timeout)
+        return functools.partial(getattr(self._interface, name), timeout=self._timeout, signature=SIGNATURES[name])
 
 
 def _imports() -> tuple[Any, Any]:
@@ -526,7 +543,9 @@ class DesktopBackend(Backend):
             # A server that D-Bus starts on demand (a .service file) counts as present.
             if not owner and BUS_NAME not in connection.list_activatable_names():
                 raise TemporaryFailure(f"no notification server on the session bus at {address} ({BUS_NAME})")
-            proxy = connection.get_object(BUS_NAME, OBJECT_PATH)
+            # Addressed by the well-known name (not the current owner), so a restarted or
+            # D-Bus-activated server is reached too; no introspection round trip.
+            proxy = connection.get_object(BUS_NAME, OBJECT_PATH, introspect=False, follow_name_owner_changes=True)
             interface = _TimedInterface(dbus.Interface(proxy, dbus_interface=INTERFACE), CALL_TIMEOUT)
             caps = frozenset(str(cap) for cap in interface.GetCapabilities())
         except dbus.DBusException as exc:
@@ -536,11 +555,12 @@ class DesktopBackend(Backend):
             connection.close()
             raise
         session = _Session(address, connection, interface, caps, str(owner))
+        # Only the notification server's own signals count (dbus-python follows its owner).
         connection.add_signal_receiver(
-            functools.partial(self._closed, session), "NotificationClosed", INTERFACE, None, OBJECT_PATH
+            functools.partial(self._closed, session), "NotificationClosed", INTERFACE, BUS_NAME, OBJECT_PATH
         )
         connection.add_signal_receiver(
-            functools.partial(self._action, session), "ActionInvoked", INTERFACE, None, OBJECT_PATH
+            functools.partial(self._action, session), "ActionInvoked", INTERFACE, BUS_NAME, OBJECT_PATH
         )
         connection.add_signal_receiver(
             functools.partial(self._lost, session, "the session bus went away"),
@@ -675,7 +695,7 @@ class DesktopBackend(Backend):
         try:
             self._openers.append(
                 subprocess.Popen([*command, link], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
+                                 stderr=subprocess.DEVNULL, start_new_session=True, env=_opener_env())
             )
         except OSError as exc:
             log.warning("%s: cannot open %s with %s: %s", self.account_name, link, command[0], exc)
@@ -694,6 +714,34 @@ def _default_opener() -> list[str] | None:
     if shutil.which("gio"):
         return ["gio", "open"]
     return None
+
+
+# What a browser needs to find the graphical session.
+DISPLAY_VARIABLES = ("DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY", "XDG_CURRENT_DESKTOP", "XDG_SESSION_TYPE")
+
+
+def _opener_env() -> dict[str, str]:
+    """Our environment plus the session's display variables.
+
+    A user service started before login (lingering) has no DISPLAY; desktops import
+    theirs into the systemd user manager at login, so ask it for them when missing.
+    """
+    env = dict(os.environ)
+    if env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        return env
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return env
+    try:
+        shown = subprocess.run([systemctl, "--user", "show-environment"], capture_output=True, text=True,
+                               timeout=2, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return env
+    for line in shown.splitlines():
+        name, _, value = line.partition("=")
+        if name in DISPLAY_VARIABLES and value:
+            env.setdefault(name, value)
+    return env
 
 
 def _stale_at(expire_ms: int, urgency: int) -> float:

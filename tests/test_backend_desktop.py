@@ -260,6 +260,31 @@ async def test_bus_restart_is_noticed_and_the_next_popup_reconnects(
         assert [c.summary for c in server.notifies()] == ["after"]
 
 
+async def test_restarted_notification_server_gets_the_next_popups_and_a_fresh_cap(
+    bus: SessionBus, make_backend: Any
+) -> None:
+    """When the notification daemon restarts (the shell crashed), popups go to the new one and the old ones stop counting."""
+    with NotificationServer(bus) as server:
+        backend = await make_backend(max_open=2)
+        await backend.send(item("one", n=1))
+        await backend.send(item("two", n=2))
+        assert [c.summary for c in server.notifies()] == ["one", "1 new koji message"]
+    with NotificationServer(bus, ("body",)) as server:
+        await asyncio.sleep(0.3)  # NameOwnerChanged reaches the backend's thread
+        await backend.send(item("three <b>", n=3, link=f"{BUILD}1"))
+        (call,) = server.notifies()
+    # A fresh popup (the old ids mean nothing to the new server), for a server without markup.
+    assert (call.summary, call.replaces_id, call.body) == ("three <b>", 0, f"{BUILD}1")
+
+
+async def test_invalid_stored_options_show_a_normal_popup(server: NotificationServer, make_backend: Any) -> None:
+    """A delivery queued under an older config with a bad urgency still pops up, with the defaults."""
+    backend = await make_backend()
+    await backend.send(item("queued long ago", options={"urgency": "urgent"}))
+    (call,) = server.notifies()
+    assert (call.summary, call.urgency) == ("queued long ago", 1)
+
+
 def test_module_imports_without_notify2_and_start_names_the_extra(tmp_path: Path) -> None:
     """Without notify2/dbus-python the config still validates and the backend says which extra to install."""
     config = tmp_path / "config.yaml"
