@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fedmsg_notify.outbox import DestinationStatus, Outbox
+from fedmsg_notify.sanitize import one_line, plain_text
 
 
 def _when(timestamp: float | None, now: float) -> str:
@@ -38,6 +39,11 @@ def _span(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def _inert(text: str) -> str:
+    """Failure reasons quote remote servers (SMTP replies, IRC ERROR lines): no terminal escapes, one line."""
+    return one_line(plain_text(text))
+
+
 def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, int], now: float) -> str:
     lines = [f"state: {path}"]
     if not rows:
@@ -50,9 +56,10 @@ def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, in
         )
         lines.append(f"  last success: {_when(row.last_success, now)}")
         if row.in_retry:
-            lines.append(f"  next retry: {_when(row.next_retry, now)}: {row.last_retry_reason or 'unknown reason'}")
+            reason = _inert(row.last_retry_reason or "unknown reason")
+            lines.append(f"  next retry: {_when(row.next_retry, now)}: {reason}")
         if row.failed:
-            lines.append(f"  last permanent failure: {row.last_failure or 'unknown reason'}")
+            lines.append(f"  last permanent failure: {_inert(row.last_failure or 'unknown reason')}")
         if row.digest_pending:
             when = _when(row.next_digest, now) if row.next_digest is not None else "when its max is reached"
             lines.append(f"  next digest: {when}")

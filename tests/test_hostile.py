@@ -695,3 +695,23 @@ def _valid_samples() -> list[Message]:
         except MalformedMessage:
             pass  # the sample file also holds messages the daemon must drop
     return messages
+
+
+def test_status_shows_remote_failure_text_inertly() -> None:
+    """A server's error text with terminal escapes or line breaks shows in `status` as one plain line."""
+    from fedmsg_notify.outbox import DestinationStatus
+    from fedmsg_notify.status import render_text
+
+    row = DestinationStatus(
+        destination="irc:#chan",
+        account="irc",
+        in_retry=1,
+        next_retry=time.time() + 60,
+        last_retry_reason="ERROR :Closing link\x1b]0;pwned\x07\r\nfake: line",
+        failed=1,
+        last_failure="550 no\x1b[2J such user\nforged",
+    )
+    text = render_text("/state.db", [row], {}, time.time())
+    assert not {ch for ch in text if ord(ch) < 32 and ch != "\n"}, text
+    assert "Closing link]0;pwned fake: line" in text and "550 no[2J such user forged" in text
+    assert len(text.splitlines()) == 6
