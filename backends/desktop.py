@@ -285,9 +285,10 @@ def flood_parts(entries: Sequence[tuple[str, str, int]]) -> dict[str, str]:
         detail = ", ".join(f"{label} {count}" for label, count in per_label.most_common())
         summary = f"{total} new messages ({detail})"
     # The newest first: that is what the user missed most recently.
-    recent = [line for _, line, _ in reversed(entries) if line][:SUMMARY_LINES]
-    lines = [f"• {_cut(line, 120)}" for line in recent]
-    shown = sum(1 for _ in recent)
+    recent = [(line, count) for _, line, count in reversed(entries) if line][:SUMMARY_LINES]
+    lines = [f"• {_cut(line, 120)}" for line, _ in recent]
+    # A listed line may itself stand for several messages (an earlier summary).
+    shown = sum(count for _, count in recent)
     if total > shown:
         lines.append(f"…and {total - shown} more")
     return {"summary": summary, "body": "\n".join(lines)}

@@ -207,6 +207,8 @@ def test_summarise_names_the_count_per_service() -> None:
     parts = backend.summarise(mixed)
     assert parts["summary"] == "7 new messages (koji 4, bodhi 3)"
     assert "\x1b" not in parts["body"] and "• [31mx new line" in parts["body"]
+    # Every message is listed or counted: the earlier summary's line stands for its 3.
+    assert "more" not in parts["body"] and len(parts["body"].splitlines()) == 5
 
 
 def test_icons_are_theme_names_or_local_files_never_urls(tmp_path: Path) -> None:
