@@ -30,6 +30,21 @@ event loop only awaits futures from it. The connection is private (never libdbus
 shared session connection, which cannot be re-made after the bus restarts) and goes
 to ``$DBUS_SESSION_BUS_ADDRESS``, else ``unix:path=$XDG_RUNTIME_DIR/bus`` (what a
 systemd user service has).
+
+Configuration (``~/.config/fedmsg-notify/config.yaml``; the per-user unit
+``fedmsg-notify-user.service`` runs it)::
+
+    accounts:
+      desktop:
+        backend: desktop
+        max_open: 100          # popups open at once; the last slot is the "N new messages" one
+        expire_ms: -1          # -1: the server's default, 0: until dismissed
+        app_name: fedmsg-notify
+        icons: {bodhi: /home/me/.local/share/icons/bodhi.png}   # or an icon-theme name
+        open_with: [firefox, --new-tab]                         # default: xdg-open, else gio open
+    # in a rule file:
+    deliver:
+      - {via: desktop, urgency: critical, expire_ms: 0}
 """
 
 from __future__ import annotations
@@ -636,7 +651,6 @@ class DesktopBackend(Backend):
         notification.id = replaces
         notification.set_urgency(popup.urgency)
         notification.set_timeout(popup.expire_ms)
-        notification.set_hint("desktop-entry", "fedmsg-notify")
         if popup.link and with_action and "actions" in session.caps:
             # "default" is what a click on the popup does; "open" is the visible button.
             notification.add_action("default", "Open", _no_callback)
