@@ -20,6 +20,9 @@ from typing import Any
 # Environments fedmsg deployments use; the topic part after the prefix.
 KNOWN_ENVS = frozenset({"prod", "stg", "dev", "test", "local"})
 REQUIRED_FIELDS = ("topic", "msg", "timestamp")
+MAX_TOPIC_LENGTH = 255
+# Space, C0 and C1 controls, DEL, and the Unicode line/paragraph separators.
+UNPRINTABLE = re.compile("[\x00-\x20\x7f-\x9f\u2028\u2029]")
 DEFAULT_MAX_BYTES = 1_000_000
 # Deeper or longer input is refused before parsing: templates, rules and backends walk
 # and copy message content, and nothing a real fedmsg service sends comes close.
@@ -145,8 +148,12 @@ class Message:
         if missing:
             raise MalformedMessage("missing-fields", f"envelope lacks {', '.join(missing)}")
         topic = envelope["topic"]
-        if not isinstance(topic, str) or not topic:
-            raise MalformedMessage("bad-topic", "envelope topic is not a non-empty string")
+        if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC_LENGTH:
+            raise MalformedMessage("bad-topic", f"envelope topic is not a string of 1 to {MAX_TOPIC_LENGTH} characters")
+        if UNPRINTABLE.search(topic):
+            # Topics are dotted words; whitespace or control characters in one can only be
+            # an attempt to smuggle a line break into a subject, an IRC line or a summary.
+            raise MalformedMessage("bad-topic", "envelope topic contains whitespace or control characters")
         if frame_topic is not None and frame_topic != topic:
             raise MalformedMessage("topic-mismatch", f"frame topic {frame_topic!r} != envelope topic {topic!r}")
         if not isinstance(envelope["timestamp"], (int, float)) or isinstance(envelope["timestamp"], bool):
@@ -155,8 +162,8 @@ class Message:
         if msg_id is None:
             # Messages from before fedmsg added msg_id: derive a stable id for dedup.
             msg_id = "sha1-" + hashlib.sha1(canonical_json(envelope).encode()).hexdigest()
-        elif not isinstance(msg_id, str) or not msg_id or len(msg_id) > 200:
-            raise MalformedMessage("bad-msg-id", "msg_id is not a short string")
+        elif not isinstance(msg_id, str) or not msg_id or len(msg_id) > 200 or UNPRINTABLE.search(msg_id):
+            raise MalformedMessage("bad-msg-id", "msg_id is not a short printable string")
         return cls(topic=topic, envelope=envelope, parts=split_topic(topic), msg_id=msg_id)
 
 

@@ -103,3 +103,22 @@ def test_message_without_msg_id_gets_stable_id() -> None:
     second = Message.from_envelope(dict(envelope))
     assert first.msg_id == second.msg_id
     assert first.msg_id.startswith("sha1-")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["org.fedoraproject.prod.bo\r\nQUIT :x.y", "org.fedoraproject.prod.bodhi update", "org.x.prod.a\x00b", "a" * 300],
+)
+def test_topics_with_whitespace_or_controls_are_refused(topic: str) -> None:
+    """A topic that could carry a line break into a summary, subject or IRC line never gets in."""
+    envelope = {"topic": topic, "msg": {}, "timestamp": 1, "msg_id": "x"}
+    with pytest.raises(MalformedMessage) as caught:
+        decode_frames([topic.encode(), json.dumps(envelope).encode()])
+    assert caught.value.reason == "bad-topic"
+
+
+def test_msg_id_with_line_break_is_refused() -> None:
+    """msg_id ends up in Message-ID headers and keys: a line break in it is refused."""
+    with pytest.raises(MalformedMessage) as caught:
+        Message.from_envelope({"topic": TOPIC, "msg": {}, "timestamp": 1, "msg_id": "a\r\nBcc: x"})
+    assert caught.value.reason == "bad-msg-id"
