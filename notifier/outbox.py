@@ -551,7 +551,7 @@ class Outbox:
                     services.pop() if len(services) == 1 else "various",
                     _dumps(dict(rendered)),
                     _dumps(dict(first.options)),
-                    _dumps(dict(first.meta) if total == 1 else {}),
+                    _dumps(dict(first.meta) if total == 1 else _merged_meta(rows)),
                     float(rows[-1]["timestamp"]),
                     total,
                     now,
@@ -664,3 +664,25 @@ class Outbox:
             ).rowcount
             removed += db.execute("DELETE FROM accepted WHERE at < ?", (now - keep_done,)).rowcount
         return removed
+
+
+# A digest mail's filter headers (X-Fedmsg-Category/-Username/-Package) name what its
+# entries involve; capped so a mass rebuild cannot produce a huge header block.
+MERGED_META_CAP = 50
+
+
+def _merged_meta(rows: Sequence[sqlite3.Row]) -> dict[str, Any]:
+    """The union of the services, usernames and packages of a digest's entries."""
+    services: dict[str, None] = {}
+    usernames: dict[str, None] = {}
+    packages: dict[str, None] = {}
+    for row in rows:
+        services.setdefault(row["service"], None)
+        meta = json.loads(row["meta"])
+        for name in meta.get("usernames") or ():
+            if len(usernames) < MERGED_META_CAP:
+                usernames.setdefault(str(name), None)
+        for name in meta.get("packages") or ():
+            if len(packages) < MERGED_META_CAP:
+                packages.setdefault(str(name), None)
+    return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}

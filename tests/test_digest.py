@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -111,6 +112,24 @@ def test_rendering_is_capped_but_the_count_is_true(tmp_path: Path) -> None:
     assert seen == [(100, 150)]
     [(count, text)] = digests(store)
     assert count == 150 and "150 messages" in text and "and 50 more" in text
+    store.close()
+
+
+def test_digest_item_names_every_service_user_and_package(tmp_path: Path) -> None:
+    """A digest's filter headers can name what it covers: its item carries the union of its entries' services, users and packages."""
+    store = Outbox(tmp_path / "s.db")
+    first, second = entry(1), entry(2)
+    second = dataclasses.replace(second, service="buildsys", meta={"usernames": ["ralph", "toshio"], "packages": ["kernel"]})
+    first = dataclasses.replace(first, meta={"usernames": ["ralph"], "packages": ["python-fedmsg"]})
+    store.accept([], [first, second], now=T0)
+    DigestScheduler(store, render, lambda d: None, clock=FakeClock(T0 + 60)).flush_due()
+    [(item, _)] = store.window(DEST, T0 + 61, 10)
+    assert item.count == 2
+    assert dict(item.meta) == {
+        "services": ["bodhi", "buildsys"],
+        "usernames": ["ralph", "toshio"],
+        "packages": ["kernel", "python-fedmsg"],
+    }
     store.close()
 
 
