@@ -9,11 +9,13 @@ the store as ``coalesced`` with a pointer to their summary, and ``status`` count
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fedmsg_notify.backend import Backend, Destination
+from fedmsg_notify.backend import Backend, Destination, Item
 from fedmsg_notify.outbox import Outbox
 from fedmsg_notify.pacing import TokenBucket
+from fedmsg_notify.sanitize import finish_parts
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class Coalescer:
         while (pending := store.pending_count(destination)) > threshold:
             take = min(pending - threshold + 1, self.chunk)
             try:
-                summary = store.coalesce(destination, take, backend.summarise, now)
+                summary = store.coalesce(destination, take, safe_summariser(backend), now)
             except Exception:
                 # A broken summariser must not stall deliveries: send the backlog as it is.
                 log.exception("summarising the backlog of %s failed; sending it unmerged", destination)
@@ -50,3 +52,17 @@ class Coalescer:
                 merged,
             )
         return merged
+
+
+def safe_summariser(backend: Backend) -> Callable[[Sequence[Item]], dict[str, str]]:
+    """The backend's summariser with its output made as inert as template output.
+
+    Summaries quote bus data (service names, titles) without going through a template,
+    so the same guard every rendered part gets is applied here, in one place, whatever
+    the backend's ``summarise`` does.
+    """
+
+    def summarise(items: Sequence[Item]) -> dict[str, str]:
+        return finish_parts(backend.summarise(items), line_parts=backend.line_parts, html_parts=backend.html_parts)
+
+    return summarise

@@ -145,3 +145,24 @@ def test_readonly_open_of_a_missing_database_says_where(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nothing\.db"):
         Outbox(tmp_path / "nothing.db", readonly=True)
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_coalescer_makes_any_backends_summary_inert(store: Outbox) -> None:
+    """Whatever a backend's summariser writes, a line part of the stored summary has no CR, LF or NUL."""
+    from fedmsg_notify.backends.console import ConsoleBackend
+    from fedmsg_notify.clock import FakeClock
+    from fedmsg_notify.coalesce import Coalescer
+    from fedmsg_notify.pacing import TokenBucket
+
+    class Careless(ConsoleBackend):
+        def summarise(self, items: Sequence[Item]) -> dict[str, str]:
+            return {"line": "bodhi\r\nQUIT :bye\x00 more"}
+
+    backend = Careless("out", ConsoleBackend.Account(backend="console"))
+    store.accept([delivery(f"m{n}") for n in range(50)], now=NOW)
+    merged = Coalescer(horizon=1.0).check(store, IRC, backend, TokenBucket(1.0, 1, FakeClock(NOW)), NOW)
+    assert merged > 0
+    summaries = [item for item, _ in store.window(IRC, NOW, 100) if item.count > 1]
+    assert summaries
+    for item in summaries:
+        assert not any(c in item.rendered["line"] for c in "\r\n\x00"), item.rendered
