@@ -120,6 +120,46 @@ class RecordingBackend(Backend):
             _append(self.options.path, f"{item.id} {item.msg_id} {item.destination}\n")
 
 
+class NullBackend(Backend):
+    """Accepts every delivery at once and keeps only counts and times: the benchmark's sink.
+
+    Shaped like the email backend (subject, text and an autoescaped HTML part, rendered
+    through the shipped ``email/`` templates), the costliest rendering a delivery gets,
+    so the benchmark measures real template work; nothing leaves the process. Memory
+    stays flat however many deliveries pass (no item is kept), unless ``record`` is set:
+    then ``(msg_id, time.time())`` per delivery for latency measurements.
+    """
+
+    name: ClassVar[str] = "email"
+    parts: ClassVar[tuple[str, ...]] = ("subject", "text", "html")
+    line_parts: ClassVar[frozenset[str]] = frozenset({"subject"})
+    html_parts: ClassVar[frozenset[str]] = frozenset({"html"})
+    # Never the bottleneck and never coalesced: the pace allows anything.
+    rate: ClassVar[float] = 1e9
+    burst: ClassVar[int] = 1_000_000_000
+    supports_digest: ClassVar[bool] = True
+    needs_recipient: ClassVar[bool] = True
+    instances: ClassVar[dict[str, NullBackend]] = {}
+    record: ClassVar[bool] = False
+
+    def __init__(self, account_name: str, account: AccountOptions) -> None:
+        super().__init__(account_name, account)
+        self.delivered = 0
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.times: list[tuple[str, float]] = []
+        NullBackend.instances[account_name] = self
+
+    async def send(self, item: Item) -> None:
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+        self.delivered += 1
+        if self.record:
+            self.times.append((item.msg_id, time.time()))
+
+
 def _append(path: str, line: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
