@@ -288,7 +288,10 @@ class Daemon:
             template=first.template,
             options=dict(first.options),
         )
-        payload = [{"message": e.envelope, "topic": e.topic, "meta": e.meta, "rendered": e.rendered} for e in entries]
+        payload = [
+            {"message": e.envelope, "topic": e.topic, "service": e.service, "meta": e.meta, "rendered": e.rendered}
+            for e in entries
+        ]
         try:
             return self.pipeline.renderer.render_digest(backend, payload, route, total)
         except Exception:

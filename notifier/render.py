@@ -51,7 +51,7 @@ import jinja2
 from fedmsg_notify import sanitize
 from fedmsg_notify.backend import Backend
 from fedmsg_notify.config import shipped_templates_dir
-from fedmsg_notify.envelope import MalformedMessage, Message
+from fedmsg_notify.envelope import MalformedMessage, Message, split_topic
 from fedmsg_notify.meta import Meta
 from fedmsg_notify.rules import Route
 from fedmsg_notify.yaml_positions import Position, Problem
@@ -434,7 +434,7 @@ class Renderer:
     ) -> dict[str, str]:
         """One payload for a batch of messages; a one-message digest reads like a normal delivery.
 
-        ``entries`` are ``{"message": envelope, "topic", "meta", "rendered"}`` (possibly
+        ``entries`` are ``{"message": envelope, "topic", "service", "meta", "rendered"}`` (possibly
         capped); ``total`` is the true number of messages. Never raises.
         """
         if total == 1 and len(entries) == 1:
@@ -450,6 +450,7 @@ class Renderer:
                 {
                     "message": e.get("message"),
                     "topic": e.get("topic"),
+                    "service": e.get("service") or split_topic(str(e.get("topic") or "")).service,
                     "meta": dict(e.get("meta") or {}),
                     "rendered": dict(e.get("rendered") or {}),
                 }
