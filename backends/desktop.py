@@ -383,6 +383,16 @@ class _DBusThread:
         self._wakeup(None)
         return await asyncio.wrap_future(future)
 
+    def dispatch_pending(self) -> None:
+        """Handle signals that already arrived (popups closed meanwhile) before deciding anything.
+
+        Only from a job on this thread, which owns the context; bounded, in case a
+        flood of signals keeps arriving.
+        """
+        for _ in range(1000):
+            if not self._iterate(None, 0):
+                return
+
     def _run(self) -> None:
         while True:
             while True:
@@ -598,6 +608,8 @@ class DesktopBackend(Backend):
             session.connection.close()
 
     def _show(self, popup: Popup) -> tuple[str, int]:
+        if self._thread is not None:
+            self._thread.dispatch_pending()
         session = self._connect()
         session.prune(time.monotonic())
         replaces = session.by_key.get(popup.key, 0) if popup.key else 0

@@ -155,7 +155,6 @@ async def test_newer_message_about_the_same_object_replaces_its_open_popup(
     await backend.send(item("foo build completed", n=2, link=f"{BUILD}7"))
     await backend.send(item("bar build started", n=3, link=f"{BUILD}8"))
     server.close_popup(1)
-    await asyncio.sleep(0.3)  # the signal reaches the backend's thread
     await backend.send(item("foo build tagged", n=4, link=f"{BUILD}7"))
 
     calls = server.notifies()
@@ -185,7 +184,6 @@ async def test_open_popups_never_exceed_max_open_and_the_rest_is_counted_in_one(
     assert len({c.replaces_id or i + 1 for i, c in enumerate(calls)}) == 3  # popups 1, 2, 3
 
     server.close_popup(2)
-    await asyncio.sleep(0.3)
     await backend.send(item("build 7 done", n=7))
     await backend.send(item("build 8 done", n=8))
     last, overflow = server.notifies()[-2:]
@@ -272,7 +270,6 @@ async def test_restarted_notification_server_gets_the_next_popups_and_a_fresh_ca
         await backend.send(item("two", n=2))
         assert [c.summary for c in server.notifies()] == ["one", "1 new koji message"]
     with NotificationServer(bus, ("body",)) as server:
-        await asyncio.sleep(0.3)  # NameOwnerChanged reaches the backend's thread
         await backend.send(item("three <b>", n=3, link=f"{BUILD}1"))
         (call,) = server.notifies()
     # A fresh popup (the old ids mean nothing to the new server), for a server without markup.
