@@ -165,6 +165,16 @@ async def test_mails_about_one_update_thread_together() -> None:
     assert by_package["References"] == by_package_too["References"] != one["References"]
 
 
+async def test_unparsable_link_still_threads() -> None:
+    """A link urllib cannot parse ("http://[x") must not stop the mail; it threads by its text."""
+    sender = Sender.from_header(FROM)
+    rcpt = parse_address(TO, what="to")
+    broken = {**make_item().meta, "link": "http://[github.io/x"}
+    one = compose(make_item(1, meta=broken), sender, rcpt)
+    two = compose(make_item(2, meta=broken), sender, rcpt)
+    assert one["References"] == two["References"]
+
+
 async def test_starttls_and_auth_with_a_password_file(
     port: int, server_tls: ssl.SSLContext, ca_file: Path, tmp_path: Path
 ) -> None:

@@ -111,7 +111,12 @@ def object_key(item: Item) -> str | None:
         return f"{item.service}:{explicit}"
     link = meta.get("link")
     if isinstance(link, str) and link.startswith(("http://", "https://")):
-        parts = urlsplit(link)
+        try:
+            parts = urlsplit(link)
+        except ValueError:
+            # A link from the bus that urllib cannot parse ("http://[x"): thread by the
+            # link's text instead of failing the mail.
+            return f"{item.service}:link:{link.split('#', 1)[0]}"
         return urlunsplit((parts.scheme, parts.netloc.lower(), parts.path.rstrip("/"), parts.query, ""))
     packages = _strings(meta.get("packages"))
     if len(packages) == 1:
