@@ -474,32 +474,54 @@ async def test_cap_holds_through_the_daemon(server: NotificationServer, tmp_path
     assert calls[-1].summary == "7 new koji messages"
 
 
+@pytest.mark.parametrize("missing", ["bus", "server"])
 async def test_logged_out_deliveries_wait_in_status_and_show_once_after_login(
-    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    missing: str, tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A build failing while no session bus exists is queued (status says why) and pops up exactly once at login."""
+    """Without a session bus or notification server a build is queued (status says which), other accounts still get it, and it pops up once at login."""
     from fedmsg_notify.cli import main
     from fedmsg_notify.retry import RetryPolicy
-    from fedmsg_notify.testing import publish_all
+    from fedmsg_notify.testing import RecordingBackend, publish_all
 
     bus = SessionBus(tmp_path / "dbus")
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", bus.address)
     config = write_config(tmp_path, endpoint)
-    async with Running(config, policy=RetryPolicy(base=0.2, cap=0.4)) as running:
-        await asyncio.to_thread(publish_all, endpoint, builds(1))
-        store = running.daemon.store
-        assert store is not None
-        await until(lambda: any(row.in_retry for row in store.status(0)))
-        capsys.readouterr()
-        assert main(["status", "-c", str(config)]) == 0
-        shown = capsys.readouterr().out
-        assert "in retry 1" in shown and "sent 0" in shown
-        assert f"no D-Bus session bus at {bus.address}" in shown
+    # A second account on the same rule: the desktop's trouble must not hold it up.
+    text = config.read_text(encoding="utf-8").replace(
+        "accounts:\n", "accounts:\n  other: {backend: 'fedmsg_notify.testing:RecordingBackend'}\n"
+    )
+    config.write_text(text, encoding="utf-8")
+    rules = tmp_path / "rules" / "desktop.yaml"
+    rules.write_text(rules.read_text(encoding="utf-8").replace("urgency: critical}", "urgency: critical}, {via: other}"),
+                     encoding="utf-8")
+    expected = {
+        "bus": f"no D-Bus session bus at {bus.address}",
+        "server": f"no notification server on the session bus at {bus.address}",
+    }[missing]
+    if missing == "server":
+        bus.start()
+    try:
+        async with Running(config, policy=RetryPolicy(base=0.2, cap=0.4)) as running:
+            published = builds(1)
+            await asyncio.to_thread(publish_all, endpoint, published)
+            store = running.daemon.store
+            assert store is not None
+            await until(lambda: any(row.in_retry for row in store.status(0)))
+            assert [i.msg_id for i in RecordingBackend.instances["other"].items] == [published[0]["msg_id"]]
+            capsys.readouterr()
+            assert main(["status", "-c", str(config)]) == 0
+            shown = capsys.readouterr().out
+            assert "in retry 1" in shown and "sent 0" in shown
+            assert expected in shown
 
-        with bus, NotificationServer(bus) as server:
-            await until(lambda: len(server.notifies()) >= 1)
-            await asyncio.sleep(1.0)  # further retries would show up here
-            calls = server.notifies()
+            if missing == "bus":
+                bus.start()
+            with NotificationServer(bus) as server:
+                await until(lambda: len(server.notifies()) >= 1)
+                await asyncio.sleep(1.0)  # further retries would show up here
+                calls = server.notifies()
+    finally:
+        bus.stop()
     assert [c.summary for c in calls] == ["ralph's pkg00-1.0-1.fc44 build failed"]
     capsys.readouterr()
     assert main(["status", "-c", str(config)]) == 0
