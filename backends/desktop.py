@@ -71,7 +71,14 @@ from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from fedmsg_notify import sanitize
-from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, TemporaryFailure
+from fedmsg_notify.backend import (
+    AccountOptions,
+    Backend,
+    BackendUnavailable,
+    Item,
+    PermanentFailure,
+    TemporaryFailure,
+)
 from fedmsg_notify.validation import StrictModel
 from pydantic import Field, ValidationError, field_validator
 
@@ -457,6 +464,12 @@ class _Session:
         return len(self.open) - (1 if self.overflow_id in self.open else 0)
 
 
+# Errors by which a server refuses a popup itself (rather than being away or busy).
+REJECTED = frozenset({
+    "org.freedesktop.DBus.Error.InvalidArgs",
+    "org.freedesktop.DBus.Error.UnknownMethod",
+    "org.freedesktop.DBus.Error.NotSupported",
+})
 # The notification spec's method signatures. Given explicitly, dbus-python needs no
 # introspection round trip and never guesses a wrong type (e.g. for the hints dict).
 SIGNATURES: Mapping[str, str] = {
@@ -670,8 +683,13 @@ class DesktopBackend(Backend):
         try:
             notification.show()
         except dbus.DBusException as exc:
+            reason = f"showing a popup on {session.address} failed: {_dbus_reason(exc)}"
+            if str(exc.get_dbus_name()) in REJECTED:
+                # The server refuses this popup itself: the same call would fail forever.
+                raise PermanentFailure(reason) from None
+            # The bus or the server went away (or hangs): start over on the next attempt.
             self._lost(session, _dbus_reason(exc))
-            raise TemporaryFailure(f"showing a popup on {session.address} failed: {_dbus_reason(exc)}") from None
+            raise TemporaryFailure(reason) from None
         return int(notification.id)
 
     # signal handlers (helper thread, from GLib)
@@ -687,15 +705,18 @@ class DesktopBackend(Backend):
 
     def _owner_changed(self, session: _Session, owner: Any) -> None:
         # Called once right away with the current owner, then on every change.
-        if str(owner) == session.owner:
+        previous, session.owner = session.owner, str(owner)
+        if session.owner == previous:
             return
-        session.owner = str(owner)
-        # A restarted (or vanished) server forgot our popups: stop counting and replacing them.
-        session.open.clear()
-        session.by_key.clear()
-        session.overflow_id = 0
-        session.overflow.clear()
-        if owner:
+        if previous:
+            # The server that showed our popups is gone or restarted and forgot them:
+            # stop counting and replacing them. (From no owner to one is a server D-Bus
+            # just started for us: the popups we sent are its own.)
+            session.open.clear()
+            session.by_key.clear()
+            session.overflow_id = 0
+            session.overflow.clear()
+        if session.owner:
             try:
                 session.caps = frozenset(str(cap) for cap in session.interface.GetCapabilities())
             except Exception as exc:  # read again on the next connection

@@ -162,6 +162,11 @@ class NotificationServer:
                 return found
             time.sleep(0.02)
 
+    def reject_notify(self, error: str, message: str) -> None:
+        """From now on ``Notify`` fails with the D-Bus error ``error`` (a server refusing a popup)."""
+        code = f"raise dbus.exceptions.DBusException({message!r}, name={error!r})"
+        self._object().AddMethod(INTERFACE, "Notify", "susssasa{sv}i", "u", code, dbus_interface=MOCK_INTERFACE)
+
     def emit(self, name: str, signature: str, *args: Any) -> None:
         """Send a signal from the server, as a click or a dismissal would."""
         self._object().EmitSignal(INTERFACE, name, signature, list(args), dbus_interface=MOCK_INTERFACE)

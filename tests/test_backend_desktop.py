@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.backend import BackendUnavailable, Destination, Item, TemporaryFailure
+from fedmsg_notify.backend import BackendUnavailable, Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.backends import backend_class
 from fedmsg_notify.backends.desktop import (
     DesktopAccount,
@@ -274,6 +274,16 @@ async def test_restarted_notification_server_gets_the_next_popups_and_a_fresh_ca
         (call,) = server.notifies()
     # A fresh popup (the old ids mean nothing to the new server), for a server without markup.
     assert (call.summary, call.replaces_id, call.body) == ("three <b>", 0, f"{BUILD}1")
+
+
+async def test_a_popup_the_server_refuses_is_a_permanent_failure_with_its_reason(
+    server: NotificationServer, make_backend: Any
+) -> None:
+    """A server rejecting the call itself (bad arguments) is recorded with its words rather than retried forever."""
+    backend = await make_backend()
+    server.reject_notify("org.freedesktop.DBus.Error.InvalidArgs", "icon is not a valid URI")
+    with pytest.raises(PermanentFailure, match="icon is not a valid URI"):
+        await backend.send(item("refused"))
 
 
 async def test_invalid_stored_options_show_a_normal_popup(server: NotificationServer, make_backend: Any) -> None:
