@@ -537,3 +537,13 @@ def test_deeply_nested_or_huge_name_lists_are_bounded(engine: MetaEngine) -> Non
     many = [f"user{n}" for n in range(200_000)]
     meta = engine.compute(make("org.fedoraproject.prod.trac.ticket.new", {"agent": "ralph", "ticket": {"owner": many}}))
     assert "ralph" in meta.usernames and len(meta.usernames) <= 10_001
+
+
+def test_as_dict_has_every_field(engine: MetaEngine, samples: list[dict[str, Any]]) -> None:
+    """Templates and the outbox see every metadata field (as_dict is written by hand for speed)."""
+    import dataclasses
+
+    for sample in samples[:20]:
+        meta = engine.compute(sample_message(sample["message"], sample["id"]))
+        assert meta.as_dict() == dataclasses.asdict(meta)
+        assert list(meta.as_dict()) == [f.name for f in dataclasses.fields(Meta)]
