@@ -32,6 +32,8 @@ from markupsafe import Markup
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # The JSON escape \ud800 decodes to a lone surrogate, which no backend can encode as UTF-8.
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# Anything plain_text changes: the controls above (CR among them) and the surrogates.
+_NEEDS_CLEANING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 # Everything a terminal, an IRC server or a mail parser may take as a line or field
 # break (str.splitlines' set plus TAB): folded to one space in single-line parts.
 _LINE_BREAKS = re.compile("[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
@@ -64,6 +66,10 @@ def plain_text(text: str) -> str:
 
     Lone surrogates (from JSON escapes) become U+FFFD so every part encodes as UTF-8.
     """
+    if type(text) is str and _NEEDS_CLEANING.search(text) is None:
+        # The usual case, one C-speed scan: nothing below would change the text. This runs
+        # for every expression of every rendered part.
+        return text
     text = _CONTROLS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     return _SURROGATES.sub("\ufffd", text)
 
