@@ -81,8 +81,12 @@ def accept_batch(store: Outbox, pipeline: Pipeline, batch: Sequence[Message], no
         except Exception:
             log.exception("routing %s (%s) failed; message skipped", message.msg_id, message.topic)
             continue
+        if not routes:
+            continue
+        # One dict per message, shared by its deliveries (the store serialises it).
+        meta_values = meta_dict(meta)
         for route in routes:
-            stored = _one_route(pipeline, message, meta, route)
+            stored = _one_route(pipeline, message, meta, meta_values, route)
             if isinstance(stored, NewDigestEntry):
                 entries.append(stored)
             elif stored is not None:
@@ -92,13 +96,14 @@ def accept_batch(store: Outbox, pipeline: Pipeline, batch: Sequence[Message], no
     return store.accept(deliveries, entries, now=now)
 
 
-def _one_route(pipeline: Pipeline, message: Message, meta: Any, route: Route) -> NewDelivery | NewDigestEntry | None:
+def _one_route(
+    pipeline: Pipeline, message: Message, meta: Any, meta_values: dict[str, Any], route: Route
+) -> NewDelivery | NewDigestEntry | None:
     destination = route.destination
     backend = pipeline.backends.get(destination.account)
     if backend is None:
         log.error("rule %s routes %s to unknown account '%s'", route.rule.name, message.msg_id, destination.account)
         return None
-    meta_values = meta_dict(meta)
     error: str | None = None
     try:
         rendered = pipeline.renderer.render(backend, message, meta, route)
