@@ -161,6 +161,13 @@ class DestinationWorker:
                 if not outcome.sent and not outcome.permanent:
                     self.paused_until = self.clock.time() + outcome.delay
                     break
+            else:
+                if len(batch) < size and not self.wake.is_set() and not self.stopped.is_set():
+                    # A short window was everything due, and nothing was queued while it was
+                    # sent (that sets wake): wait right away instead of asking the store again.
+                    # Saves two queries per wakeup, i.e. per delivery when messages trickle in.
+                    due = self.store.next_due(self.destination)
+                    await self.clock.wait(self.wake, None if due is None else due - self.clock.time())
 
     def _names(self) -> tuple[str, str]:
         return self.destination.account, self.destination.key
