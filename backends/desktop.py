@@ -223,8 +223,12 @@ def service_label(service: str) -> str:
 
 
 def web_link(value: Any) -> str | None:
-    """``value`` if it is an http(s) URL; a ``javascript:`` or ``file:`` link from the bus is never opened."""
-    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+    """``value`` if it is an http(s) URL; a ``javascript:`` or ``file:`` link from the bus is never opened.
+
+    Spaces, controls (NUL) and other unprintable characters make it no link at all:
+    it is passed to a browser and, for some servers, written into the popup's markup.
+    """
+    if not isinstance(value, str) or not value or not value.isprintable() or " " in value:
         return None
     try:
         parts = urlsplit(value)

@@ -135,8 +135,10 @@ async def test_open_action_opens_the_link_and_bus_links_that_are_not_web_get_non
     await backend.send(item("update pushed", link=UPDATE, service="bodhi"))
     await backend.send(item("evil", n=2, link="javascript:alert(1)"))
 
-    first, evil = server.notifies()
+    await backend.send(item("nul", n=3, link="http://\x00.example.org/"))
+    first, evil, nul = server.notifies()
     assert evil.actions == [] and "javascript" not in evil.body
+    assert nul.actions == [] and "example.org" not in nul.body
     server.emit("ActionInvoked", "us", 1, "default")
     for _ in range(200):
         if opened.exists():
