@@ -530,8 +530,8 @@ class DesktopBackend(Backend):
         self.settings: DesktopAccount = account
         self._thread: _DBusThread | None = None
         self._session: _Session | None = None
-        # Openers started by the "Open" action, reaped as they finish.
-        self._openers: list[subprocess.Popen[bytes]] = []
+        # Process ids of openers started by the "Open" action, reaped as they finish.
+        self._openers: list[int] = []
 
     # -- lifecycle --
 
@@ -744,16 +744,26 @@ class DesktopBackend(Backend):
         if command is None:
             log.warning("%s: cannot open %s: neither xdg-open nor gio is installed", self.account_name, link)
             return
+        quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
         try:
-            self._openers.append(
-                subprocess.Popen([*command, link], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True, env=_opener_env())
-            )
+            # A bare pid rather than a Popen: xdg-open may become the browser and outlive
+            # the daemon, which is fine; it runs in its own session and is reaped when done.
+            pid = os.posix_spawnp(command[0], [*command, link], _opener_env(), file_actions=quiet, setsid=True)
         except OSError as exc:
             log.warning("%s: cannot open %s with %s: %s", self.account_name, link, command[0], exc)
+            return
+        self._openers.append(pid)
 
     def _reap(self) -> None:
-        self._openers = [opener for opener in self._openers if opener.poll() is None]
+        running = []
+        for pid in self._openers:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                continue
+            if done == 0:
+                running.append(pid)
+        self._openers = running
 
 
 def _no_callback(*_args: Any) -> None:
