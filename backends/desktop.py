@@ -355,7 +355,10 @@ class _DBusThread:
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self) -> None:
-        glib = ctypes.CDLL("libglib-2.0.so.0")
+        try:
+            glib = ctypes.CDLL("libglib-2.0.so.0")
+        except OSError as exc:  # dbus-python's GLib main loop links it, so this is rare
+            raise BackendUnavailable(f"the desktop backend needs GLib (libglib-2.0.so.0): {exc}") from exc
         self._iterate = glib.g_main_context_iteration
         self._iterate.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self._iterate.restype = ctypes.c_int
