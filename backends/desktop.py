@@ -14,8 +14,8 @@ What a user sees, and what keeps it pleasant:
   update, the same build: the same link) replaces that popup instead of stacking.
 * **Nothing lost while logged out.** Without a session bus or a notification server,
   ``send`` raises :class:`TemporaryFailure` saying which: the delivery stays queued in
-  the outbox (``fedmsg-notify status`` shows it) and the engine retries it; once the
-  session is back it is shown once.
+  the outbox (``fedmsg-notify status`` shows it) and the engine retries it with its
+  backoff; the first retry after the session is back shows it, once.
 
 Text is text: templates render plain text, and the backend escapes ``& < >`` for
 servers that parse the body as markup (capability ``body-markup``), so a ``<b>`` in
