@@ -393,7 +393,9 @@ def label(rules: int) -> str:
     return f"{rules // 1000}k" if rules % 1000 == 0 else str(rules)
 
 
-def bench_ours(messages: int, rules: int, *, latency_seconds: float = 10.0, rate: float = 1000.0) -> list[dict[str, Any]]:
+def bench_ours(
+    messages: int, rules: int, *, latency_seconds: float = 10.0, rate: float = 1000.0
+) -> list[dict[str, Any]]:
     """One row for ``rules`` rules: throughput over ``messages``, plus latency at a steady ``rate``."""
     row = child(["--rules", str(rules), "--messages", str(messages)])
     name = f"ours, {label(rules)} rules"
