@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,11 @@ def fedmsg_python() -> str:
     if not Path(path).exists():
         pytest.fail(f"the real fedmsg is needed for interop tests: {path} is missing (run scripts/test.sh)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_record_factory() -> Iterator[None]:
+    """`fedmsg_notify.cli.main` installs log redaction process-wide; each test starts as it found it."""
+    factory = logging.getLogRecordFactory()
+    yield
+    logging.setLogRecordFactory(factory)

@@ -9,9 +9,9 @@ import sys
 from typing import Any
 
 import zmq
-
 from fedmsg_notify.bus import Publisher, Subscriber
 from fedmsg_notify.envelope import Message
+
 from tests.conftest import free_port
 
 TOPIC = "org.fedoraproject.dev.bodhi.update.comment"

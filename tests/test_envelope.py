@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-
 from fedmsg_notify.envelope import (
     MalformedMessage,
     Message,
