@@ -523,6 +523,9 @@ class DesktopBackend(Backend):
     rate: ClassVar[float] = 0.1
     burst: ClassVar[int] = 4
     needs_recipient: ClassVar[bool] = False
+    # Asking the local session bus again is cheap; after a login the queued popups
+    # should appear within half a minute, not after a 15-minute backoff.
+    retry_cap: ClassVar[float | None] = 30.0
     extra: ClassVar[str | None] = "desktop"
     Account: ClassVar[type[AccountOptions]] = DesktopAccount
     Options: ClassVar[type[StrictModel]] = DesktopOptions

@@ -109,6 +109,9 @@ class Backend:
     rate: ClassVar[float] = 10.0
     burst: ClassVar[int] = 10
     supports_digest: ClassVar[bool] = False
+    # Longest wait between retries for this backend (None: the engine's cap, 15 min).
+    # Lower where checking again is cheap and waiting is costly to the user.
+    retry_cap: ClassVar[float | None] = None
     needs_recipient: ClassVar[bool] = False
     extra: ClassVar[str | None] = None
     Account: ClassVar[type[AccountOptions]] = AccountOptions

@@ -98,6 +98,10 @@ class DestinationWorker:
         self.wake = asyncio.Event()
         self.stopped = asyncio.Event()
         self.paused_until = 0.0
+        # Whether queued rows may wait for a later retry time. Only this worker schedules
+        # retries (everything else queues rows due at once and wakes it), so once the store
+        # said "nothing queued" it stays False until _failed schedules one.
+        self.may_have_retries = True
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -147,7 +151,7 @@ class DestinationWorker:
             size = max(1, min(self.window, burst + int(rate * WINDOW_SECONDS)))
             batch = self.store.window(self.destination, now, size)
             if not batch:
-                due = self.store.next_due(self.destination)
+                due = self._next_due()
                 await self.clock.wait(self.wake, None if due is None else due - now)
                 continue
             for item, attempts in batch:
@@ -165,9 +169,18 @@ class DestinationWorker:
                 if len(batch) < size and not self.wake.is_set() and not self.stopped.is_set():
                     # A short window was everything due, and nothing was queued while it was
                     # sent (that sets wake): wait right away instead of asking the store again.
-                    # Saves two queries per wakeup, i.e. per delivery when messages trickle in.
-                    due = self.store.next_due(self.destination)
+                    # Saves two or three queries per wakeup, i.e. per delivery when messages trickle in.
+                    due = self._next_due()
                     await self.clock.wait(self.wake, None if due is None else due - self.clock.time())
+
+    def _next_due(self) -> float | None:
+        """When the earliest queued row may be sent; ``None``: nothing queued (no query if none can be)."""
+        if not self.may_have_retries:
+            return None
+        due = self.store.next_due(self.destination)
+        if due is None:
+            self.may_have_retries = False
+        return due
 
     def _names(self) -> tuple[str, str]:
         return self.destination.account, self.destination.key
@@ -185,7 +198,7 @@ class DestinationWorker:
             # Shutdown ran out of patience: the row stays queued and is sent next start.
             raise
         except Exception as exc:
-            return self._failed(item, attempts + 1, exc)
+            return self._failed(item, attempts + 1, exc, handle.backend.retry_cap)
         else:
             # No await between the backend's success and this commit (see module docstring).
             self.store.mark_sent(item, self.clock.time())
@@ -193,8 +206,8 @@ class DestinationWorker:
         finally:
             handle.inflight -= 1
 
-    def _failed(self, item: Item, attempts: int, exc: Exception) -> Outcome:
-        outcome = self.policy.classify(item, attempts, exc)
+    def _failed(self, item: Item, attempts: int, exc: Exception, cap: float | None = None) -> Outcome:
+        outcome = self.policy.classify(item, attempts, exc, cap)
         now = self.clock.time()
         if outcome.permanent:
             log.error(
@@ -214,5 +227,6 @@ class DestinationWorker:
                 outcome.delay,
                 outcome.reason,
             )
+            self.may_have_retries = True
             self.store.mark_retry(item, attempts, now + outcome.delay, outcome.reason)
         return outcome

@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from fedmsg_notify.backend import Destination, PermanentFailure, TemporaryFailure
+from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.clock import FakeClock
 from fedmsg_notify.outbox import NewDelivery, Outbox
 from fedmsg_notify.retry import RetryPolicy
@@ -15,12 +15,24 @@ from fedmsg_notify.testing import RecordingAccount, RecordingBackend
 from fedmsg_notify.workers import BackendHandle, DestinationWorker
 
 DEST = Destination("rec-retry", "#chan")
+ITEM = Item(id=1, msg_id="m1", destination=DEST, rule="r", topic="t", service="s", rendered={})
 
 
 def test_backoff_ceiling_doubles_and_is_capped() -> None:
     """A destination that stays down is retried ever less often, but at least every `cap` seconds."""
     policy = RetryPolicy(base=2.0, cap=60.0)
     assert [policy.ceiling(n) for n in range(1, 8)] == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+
+
+def test_backend_retry_cap_lowers_the_ceiling() -> None:
+    """A backend with a low retry cap (desktop: 30 s) is retried soon after its server is back, not 15 min later."""
+    from fedmsg_notify.backends.desktop import DesktopBackend
+
+    policy = RetryPolicy(rng=random.Random(2))
+    assert DesktopBackend.retry_cap == 30.0
+    delays = [policy.classify(ITEM, 20, TemporaryFailure("no session bus"), DesktopBackend.retry_cap).delay for _ in range(200)]
+    assert max(delays) <= 30.0
+    assert max(policy.classify(ITEM, 20, TemporaryFailure("down")).delay for _ in range(200)) > 30.0
 
 
 def test_full_jitter_stays_within_the_ceiling() -> None:
