@@ -518,6 +518,11 @@ class MastodonBackend(Backend):
             raise failure
         log.debug("%s: posted %s as %s", self.account_name, item.msg_id, _status_url(response))
 
+    def preview(self, item: Item) -> dict[str, str]:
+        """The status as it would be posted (hashtags added, cut to the instance's limit)."""
+        payload = self.build_payload(item)
+        return {key: payload[key] for key in ("status", "visibility", "spoiler_text") if payload.get(key)}
+
     def build_payload(self, item: Item) -> dict[str, str]:
         """The form fields of ``POST /api/v1/statuses`` for ``item``."""
         options = MastodonOptions.model_validate(dict(item.options)) if item.options else MastodonOptions()

@@ -135,6 +135,14 @@ class Backend:
     async def close(self) -> None:
         """Flush and close connections; called once on shutdown."""
 
+    def preview(self, item: Item) -> Mapping[str, str]:
+        """What ``send`` would put on the wire for ``item``, without connecting (for ``explain``).
+
+        Backends that reshape the rendered parts (cut to a protocol limit, add hashtags,
+        add an age) override this; the default is the rendered parts themselves.
+        """
+        return item.rendered
+
     def summarise(self, items: Sequence[Item]) -> dict[str, str]:
         """Merge a backlog into one rendered payload (flood coalescing).
 

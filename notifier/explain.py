@@ -2,9 +2,11 @@
 
 For each message: its computed ``meta``, every rule's verdict (matched, or the first
 condition that failed), and for each destination exactly what it would receive.
-Nothing is sent and no connection is opened: only backend *classes* are used, to
-know which parts to render. ``-`` reads JSON lines from stdin so a day of archived
-messages can be explained in one run; a malformed line is reported with its line
+Nothing is sent and no connection is opened: backends are only asked (without
+starting them) how they would reshape the rendered parts — an IRC line cut to the
+protocol limit, a Mastodon post with its hashtags — and that is shown as "sent".
+``-`` reads JSON lines from stdin so a day of archived messages can be explained in
+one run; a malformed line is reported with its line
 number and the others still get explained (exit status 1 at the end).
 """
 
@@ -12,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from fedmsg_notify.backend import Backend, DeliveryError, Item
 from fedmsg_notify.cli import load_cli_config
-from fedmsg_notify.config import Config
+from fedmsg_notify.config import Account, Config
 from fedmsg_notify.envelope import MalformedMessage, Message, canonical_json, decode_text
 from fedmsg_notify.meta import Meta
-from fedmsg_notify.rules import RuleSet, Verdict
+from fedmsg_notify.rules import Route, RuleSet, Verdict
+
+log = logging.getLogger(__name__)
 
 
 def _duration(seconds: float) -> str:
@@ -96,6 +102,45 @@ class Explainer:
         else:
             self.compute_meta = meta_module.compute_meta
         self.renderer = Renderer(config.template_paths)
+        self._backends: dict[str, Backend | None] = {}
+
+    def _previewer(self, account: Account) -> Backend | None:
+        """An instance of the account's backend when it reshapes what it sends, else None.
+
+        Constructing a backend opens no connection (that is ``start``'s job); one that
+        cannot even be built is shown as its rendering.
+        """
+        if account.backend.preview is Backend.preview:
+            return None
+        if account.name not in self._backends:
+            try:
+                self._backends[account.name] = account.backend(account.name, account.options)
+            except Exception as exc:
+                log.debug("no preview for account %s: %s", account.name, exc)
+                self._backends[account.name] = None
+        return self._backends[account.name]
+
+    def _preview(self, route: Route, message: Message, meta: Meta, rendered: Mapping[str, str]) -> dict[str, str]:
+        """What the backend would put on the wire (an IRC line cut to 512 bytes, a post with hashtags...)."""
+        backend = self._previewer(self.config.accounts[route.destination.account])
+        if backend is None:
+            return dict(rendered)
+        item = Item(
+            id=0,
+            msg_id=message.msg_id,
+            destination=route.destination,
+            rule=route.rule.name,
+            topic=message.topic,
+            service=message.service,
+            rendered=rendered,
+            options=dict(route.options),
+            meta=meta.as_dict(),
+            timestamp=message.timestamp,
+        )
+        try:
+            return dict(backend.preview(item))
+        except DeliveryError as exc:
+            return {"refused": f"{'temporary' if exc.temporary else 'permanent'} failure: {exc.reason}"}
 
     def explain(self, message: Message) -> dict[str, Any]:
         meta = self.compute_meta(message)
@@ -115,6 +160,7 @@ class Explainer:
                 "digest": None,
                 "rendered": self.renderer.render(backend, message, meta, route),
             }
+            entry["sent"] = self._preview(route, message, meta, entry["rendered"])
             if route.digest is not None:
                 entry["digest"] = {"every_seconds": route.digest.every_seconds, "max": route.digest.max}
             deliveries.append(entry)
@@ -152,7 +198,8 @@ def format_text(result: dict[str, Any]) -> str:
             lines.append(
                 f"    would be added to the digest ({describe_digest(delivery['digest'])}); alone it would read:"
             )
-        for part, text in delivery["rendered"].items():
+        shown = delivery.get("sent") or delivery["rendered"]
+        for part, text in shown.items():
             if "\n" in text:
                 lines.append(f"    {part}:")
                 lines.append(_indent(text, "      "))

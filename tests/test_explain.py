@@ -125,7 +125,9 @@ def test_explain_text_shows_verdicts_and_exact_deliveries(
     renders = expected_renders(load_config(config_path), envelope)
     deliveries = lines[lines.index("deliveries:") + 1 :]
     assert deliveries[0] == "  libera:#ralph  (irc, rule 'my builds')"
-    assert deliveries[1] == f"    line: {renders['libera:#ralph']['line']}"
+    # What the IRC backend would send: the rendered line plus how old the (2012) build is.
+    assert deliveries[1].startswith(f"    line: {renders['libera:#ralph']['line']} (")
+    assert deliveries[1].endswith(" years ago)")
     assert deliveries[2] == "  mail:ralph@example.org  (email, rule 'my builds')"
     assert deliveries[3] == "    would be added to the digest (every 1h, at most 100 messages); alone it would read:"
     assert f"    subject: {renders['mail:ralph@example.org']['subject']}" in deliveries
@@ -164,6 +166,11 @@ def test_explain_json(
     ]
     assert result["deliveries"][1]["digest"] == {"every_seconds": 3600, "max": 100}
     assert set(result["deliveries"][1]["rendered"]) == {"subject", "text", "html"}
+    # "sent" is what the backend would put on the wire: the IRC line within 512 bytes with its age.
+    irc_sent = result["deliveries"][0]["sent"]["line"]
+    assert irc_sent.startswith(renders["libera:#ralph"]["line"]) and irc_sent.endswith(" years ago)")
+    assert len(irc_sent.encode()) < 512
+    assert result["deliveries"][1]["sent"] == result["deliveries"][1]["rendered"]
     assert_nothing_connected(listener)
 
 

@@ -219,6 +219,14 @@ class IRCBackend(Backend):
         lines = self.format(item, target, command, split=options.split)
         await self.session.deliver(command, target, lines)
 
+    def preview(self, item: Item) -> dict[str, str]:
+        """The lines as they would be sent now (before the server told us our host: its bound)."""
+        options = self._options(item)
+        notice = options.notice if options.notice is not None else self.irc_account.notice
+        command = "notice" if notice else "privmsg"
+        lines = self.format(item, self._target(item), command, split=options.split)
+        return {"line": lines[0]} if len(lines) == 1 else {f"line {n}": line for n, line in enumerate(lines, 1)}
+
     def format(self, item: Item, target: str, command: str, *, split: bool) -> list[str]:
         """The protocol-safe lines for ``item``: age added, colours dropped where the
         channel forbids them, cut to what the server can relay."""
