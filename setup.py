@@ -50,6 +50,7 @@ setup(
         "fedmsg_notify.data",
         "fedmsg_notify.backends",
         "fedmsg_notify.backends.email",
+        "fedmsg_notify.backends.irc",
         "fedmsg_notify.templates",
         "fedmsg_notify.example_rules",
     ],
