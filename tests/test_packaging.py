@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,8 +29,12 @@ def expected_files() -> set[str]:
 
 def test_wheel_holds_everything_under_fedmsg_notify(tmp_path: Path) -> None:
     """A module or template missing from setup.py would work in a checkout and break for every installed user."""
+    # Build from a copy: setuptools reuses a checkout's build/ directory, whose stale
+    # files would hide a package missing from setup.py.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv*", "build", ".git", "*.egg-info", "__pycache__", ".*cache"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
