@@ -7,7 +7,6 @@ malformed frame sets are counted by reason and logged, never fatal.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -198,9 +197,3 @@ class Publisher:
     def close(self, linger_ms: int = 5_000) -> None:
         self._sock.close(linger=linger_ms)
 
-
-async def drain_forever(subscriber: Subscriber, handle: Callable[[list[Message]], Any]) -> None:
-    async for batch in subscriber.batches():
-        result = handle(batch)
-        if asyncio.iscoroutine(result):
-            await result
