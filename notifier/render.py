@@ -86,6 +86,10 @@ MAX_INT_BITS = 4096
 RANGE_BUDGET = 100_000
 
 
+# jinja2's own template-side objects whose public attributes are all safe to read.
+_PLAIN_OBJECTS = frozenset({jinja2.utils.Namespace, jinja2.runtime.LoopContext})
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """jinja2's immutable sandbox plus limits on ``*``, ``**`` and ``+``."""
 
@@ -111,6 +115,16 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             if modifies_known_mutable(obj, attribute):
                 # A missing field, not a sandbox escape: report it as one.
                 return self.undefined(obj=obj, name=attribute)
+        elif type(obj) in _PLAIN_OBJECTS and not attribute.startswith("_"):
+            # namespace() and loop: the sandbox's checks refuse nothing but "_" names on
+            # these, so the same answer without them (digest templates read ns.x and
+            # loop.index0 in nested loops, thousands of times per digest).
+            try:
+                value = getattr(obj, attribute)
+            except AttributeError:
+                return self.undefined(obj=obj, name=attribute)
+            wrapped = self.wrap_str_format(value)
+            return value if wrapped is None else wrapped
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
@@ -322,6 +336,7 @@ class Renderer:
         self._exists = _LRU(LOOKUP_CACHE_SIZE)
         self._resolved = _LRU(LOOKUP_CACHE_SIZE)
         self._templates: dict[tuple[str, bool], jinja2.Template | Exception] = {}
+        self._flat_globals: dict[jinja2.Template, dict[str, Any]] = {}
         self._analyses: dict[str, _Analysis] = {}
         self._rendered = _LRU(RENDER_CACHE_SIZE)
         self._reported: set[tuple[str, int | None, str]] = set()
@@ -523,21 +538,58 @@ class Renderer:
         self.text_env.range_left = self.html_env.range_left = RANGE_BUDGET
         out: dict[str, str] = {}
         single = len(backend_cls.parts) == 1
+        # One jinja2 context per template (text or HTML environment), shared by its blocks:
+        # building a context costs about as much as rendering a short block.
+        contexts: dict[jinja2.Template, jinja2.runtime.Context] = {}
         for part in backend_cls.parts:
             template = self._load(name, part in backend_cls.html_parts)
-            text = template.render(context) if single else self._render_block(template, name, part, context)
+            if single:
+                text = self._render_whole(template, context)
+            else:
+                text = self._render_block(template, name, part, context, contexts)
             out[part] = sanitize.finish_part(text, line=part in backend_cls.line_parts)
         return out
 
-    def _render_block(self, template: jinja2.Template, name: str, part: str, context: dict[str, Any]) -> str:
-        """One ``{% block part %}`` of ``template``; an absent block renders as nothing."""
-        ctx = template.new_context(context)
+    def _new_context(self, template: jinja2.Template, context: dict[str, Any]) -> jinja2.runtime.Context:
+        """``template.new_context(context)``, without re-reading the globals' ChainMap every time.
+
+        jinja2 flattens ``template.globals`` (a ChainMap) twice per context; the globals are
+        fixed once the environment is built, so they are flattened once per template here.
+        """
+        flat = self._flat_globals.get(template)
+        if flat is None:
+            flat = self._flat_globals[template] = dict(template.globals)
+        env = template.environment
+        return env.context_class(env, {**flat, **context}, template.name, template.blocks, globals=flat)
+
+    def _render_whole(self, template: jinja2.Template, context: dict[str, Any]) -> str:
+        """``template.render(context)`` (single-part backends)."""
         try:
-            if self._analyse(name).extends:
-                # Running the template once collects the blocks it inherits (and makes
-                # super() work); the child-most definition of each block comes first.
-                for _ in template.root_render_func(ctx):
-                    pass
+            return "".join(template.root_render_func(self._new_context(template, context)))
+        except Exception:
+            template.environment.handle_exception()
+
+    def _render_block(
+        self,
+        template: jinja2.Template,
+        name: str,
+        part: str,
+        context: dict[str, Any],
+        contexts: dict[jinja2.Template, jinja2.runtime.Context],
+    ) -> str:
+        """One ``{% block part %}`` of ``template``; an absent block renders as nothing."""
+        try:
+            extends = self._analyse(name).extends
+            ctx = contexts.get(template)
+            if ctx is None:
+                ctx = contexts[template] = self._new_context(template, context)
+                if extends:
+                    # Running the template once collects the blocks it inherits (and makes
+                    # super() work); the child-most definition of each block comes first.
+                    # Blocks only read the context, so the other parts reuse it.
+                    for _ in template.root_render_func(ctx):
+                        pass
+            if extends:
                 found = ctx.blocks.get(part)
                 block = found[0] if found else None
             else:
