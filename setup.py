@@ -69,6 +69,8 @@ setup(
         "jinja2>=3.1",
         "google-re2>=1.1",
         "cryptography>=42",
+        # The outbox's rendered parts and metadata (written per delivery, read per send).
+        "orjson>=3.9",
     ],
     extras_require=EXTRAS,
     entry_points={
