@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fedmsg_notify.backend import Destination, Item
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,16 @@ CREATE TABLE IF NOT EXISTS destinations (
     coalesced INTEGER NOT NULL DEFAULT 0
 );
 
+-- A delivery's success updates its destination's statistics in the same statement, so
+-- marking it sent -- once per send, the hot path -- is one atomic round trip.
+CREATE TRIGGER IF NOT EXISTS deliveries_sent AFTER UPDATE OF state ON deliveries
+WHEN NEW.state = 'sent'
+BEGIN
+    INSERT INTO destinations (dest, account, recipient, last_success, sent)
+    VALUES (NEW.dest, NEW.account, NEW.recipient, NEW.finished, 1)
+    ON CONFLICT(dest) DO UPDATE SET last_success = excluded.last_success, sent = sent + 1;
+END;
+
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -129,6 +140,25 @@ _ITEM_COLUMNS = (
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# Rendered parts and metadata are written once per delivery and read back once per send,
+# the largest JSON the hot path handles; orjson does both ~5x faster. Only for these two,
+# which hold nothing but strings (and lists of them): orjson reads integers beyond 64
+# bits as floats and writes NaN as null, so bus data (digest envelopes) and options stay
+# on the standard library.
+def _dumps_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except TypeError:  # something else after all (a non-string key): the standard library copes
+        return _dumps(value)
+
+
+def _loads_text(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # e.g. an escaped lone surrogate, which orjson refuses
+        return json.loads(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +311,7 @@ class Outbox:
         touched: set[Destination] = set()
         digests: set[Destination] = set()
         duplicates = 0
+        first_id: int | None = None
         with self.transaction() as db:
             for new in deliveries:
                 if not self._first_time(db, new.msg_id, new.destination, now):
@@ -298,9 +329,9 @@ class Outbox:
                         new.rule,
                         new.topic,
                         new.service,
-                        _dumps(dict(new.rendered)),
+                        _dumps_text(dict(new.rendered)),
                         _dumps(dict(new.options)),
-                        _dumps(dict(new.meta)),
+                        _dumps_text(dict(new.meta)),
                         new.timestamp,
                         now,
                         now,
@@ -309,9 +340,13 @@ class Outbox:
                         None if new.error is None else now,
                     ),
                 )
-                db.execute("UPDATE deliveries SET position = id WHERE id = ?", (cursor.lastrowid,))
+                if first_id is None:
+                    first_id = cursor.lastrowid
                 if new.error is None:
                     touched.add(new.destination)
+            if first_id is not None:
+                # Send order is insertion order: one statement for the batch, not one per row.
+                db.execute("UPDATE deliveries SET position = id WHERE id >= ? AND position IS NULL", (first_id,))
             for entry in entries:
                 if not self._first_time(db, entry.msg_id, entry.destination, now):
                     duplicates += 1
@@ -334,8 +369,8 @@ class Outbox:
                         entry.topic,
                         entry.service,
                         _dumps(dict(entry.envelope)),
-                        _dumps(dict(entry.meta)),
-                        _dumps(dict(entry.rendered)),
+                        _dumps_text(dict(entry.meta)),
+                        _dumps_text(dict(entry.rendered)),
                         entry.timestamp,
                         now,
                     ),
@@ -375,9 +410,9 @@ class Outbox:
             rule=row["rule"],
             topic=row["topic"],
             service=row["service"],
-            rendered=json.loads(row["rendered"]),
+            rendered=_loads_text(row["rendered"]),
             options=json.loads(row["options"]),
-            meta=json.loads(row["meta"]),
+            meta=_loads_text(row["meta"]),
             timestamp=float(row["timestamp"]),
             count=int(row["count"]),
         )
@@ -396,16 +431,14 @@ class Outbox:
         return int(row[0])
 
     def mark_sent(self, item: Item, now: float) -> None:
-        """Record a success. Called right after ``send`` returns, with no await in between."""
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE deliveries SET state = 'sent', finished = ?, last_error = NULL WHERE id = ?", (now, item.id)
-            )
-            db.execute(
-                "INSERT INTO destinations (dest, account, recipient, last_success, sent) VALUES (?,?,?,?,1)"
-                " ON CONFLICT(dest) DO UPDATE SET last_success = excluded.last_success, sent = sent + 1",
-                (item.destination.key, item.destination.account, item.destination.to, now),
-            )
+        """Record a success. Called right after ``send`` returns, with no await in between.
+
+        One statement, committed on its own; the ``deliveries_sent`` trigger counts it for
+        the destination within the same implicit transaction.
+        """
+        self.db.execute(
+            "UPDATE deliveries SET state = 'sent', finished = ?, last_error = NULL WHERE id = ?", (now, item.id)
+        )
 
     def mark_retry(self, item: Item, attempts: int, next_attempt: float, reason: str) -> None:
         with self.transaction() as db:
@@ -580,8 +613,8 @@ class Outbox:
             topic=row["topic"],
             service=row["service"],
             envelope=json.loads(row["envelope"]),
-            meta=json.loads(row["meta"]),
-            rendered=json.loads(row["rendered"]),
+            meta=_loads_text(row["meta"]),
+            rendered=_loads_text(row["rendered"]),
             timestamp=float(row["timestamp"]),
             created=float(row["created"]),
         )
