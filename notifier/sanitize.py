@@ -106,6 +106,8 @@ def finalize(value: Any) -> Any:
     well. :class:`Markup` (macros and ``{% set %}`` blocks in HTML parts, already
     escaped) keeps its type so it is not escaped twice.
     """
+    if type(value) is str and _NEEDS_CLEANING.search(value) is None:
+        return value  # the common case first: this runs for every expression rendered
     if value is None:
         return ""
     if isinstance(value, Trusted):
@@ -117,6 +119,8 @@ def finalize(value: Any) -> Any:
 
 def finalize_html(value: Any) -> Any:
     """``finalize`` for HTML parts: IRC codes mean nothing there, so nothing is trusted."""
+    if type(value) is str and _NEEDS_CLEANING.search(value) is None:
+        return value
     if isinstance(value, Trusted):
         return plain_text(str.__str__(value))
     return finalize(value)
