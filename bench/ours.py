@@ -117,7 +117,9 @@ def targeted_rules(user: str, packages: list[str], topic: str, to: dict[str, Any
     ]
 
 
-def population(count: int, pairs: list[Any], seed: int = 1) -> tuple[list[Any], dict[str, Any]]:
+def population(
+    count: int, pairs: list[Any], seed: int = 1, watchers: int = WATCHERS
+) -> tuple[list[Any], dict[str, Any]]:
     """``count`` rules as in-memory rule documents, and a description of who they belong to."""
     from fedmsg_notify.yaml_positions import LocatedDocument
 
@@ -142,7 +144,7 @@ def population(count: int, pairs: list[Any], seed: int = 1) -> tuple[list[Any], 
         docs.append(LocatedDocument(file=f"<user {user}>", data={"me": user, "rules": rules}))
 
     # Watchers first: their broad rules are what makes most deliveries, and their number is fixed.
-    for w in range(WATCHERS):
+    for w in range(watchers):
         if n >= count:
             break
         user = f"watcher{w}"
@@ -228,7 +230,7 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     )
     (tmp / "config.yaml").write_text(config_text)
     loading = time.perf_counter()
-    docs, described = population(args.rules, pairs)
+    docs, described = population(args.rules, pairs, watchers=args.watchers)
     accounts = load_config(tmp / "config.yaml").accounts
     ruleset = RuleSet.from_documents(docs, accounts)
     del docs
@@ -427,6 +429,9 @@ def main() -> int:
     parser.add_argument("--rules", type=int, default=None)
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s (0: as fast as possible)")
+    parser.add_argument(
+        "--watchers", type=int, default=WATCHERS, help="people with broad rules (diagnostic; default %(default)s)"
+    )
     parser.add_argument("--long-rate", type=float, default=3000.0, help="--long: messages/s (default %(default)s)")
     parser.add_argument("--out", default=str(HERE / "results" / "long.json"))
     args = parser.parse_args()
