@@ -118,7 +118,7 @@ def targeted_rules(user: str, packages: list[str], topic: str, to: dict[str, Any
 
 
 def population(
-    count: int, pairs: list[Any], seed: int = 1, watchers: int = WATCHERS
+    count: int, pairs: list[Any], seed: int = 1, broad_people: int = WATCHERS
 ) -> tuple[list[Any], dict[str, Any]]:
     """``count`` rules as in-memory rule documents, and a description of who they belong to."""
     from fedmsg_notify.yaml_positions import LocatedDocument
@@ -144,7 +144,7 @@ def population(
         docs.append(LocatedDocument(file=f"<user {user}>", data={"me": user, "rules": rules}))
 
     # Watchers first: their broad rules are what makes most deliveries, and their number is fixed.
-    for w in range(watchers):
+    for w in range(broad_people):
         if n >= count:
             break
         user = f"watcher{w}"
@@ -230,7 +230,7 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     )
     (tmp / "config.yaml").write_text(config_text)
     loading = time.perf_counter()
-    docs, described = population(args.rules, pairs, watchers=args.watchers)
+    docs, described = population(args.rules, pairs, broad_people=args.watchers)
     accounts = load_config(tmp / "config.yaml").accounts
     ruleset = RuleSet.from_documents(docs, accounts)
     del docs
