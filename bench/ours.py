@@ -16,7 +16,7 @@ Two runs per rule count:
 * **throughput**: the publisher sends as fast as it can; time runs from the first frame
   the daemon decodes to the last delivery (or the last message accepted, whichever is
   later). CPU per message is this process's CPU over the same span. Digest entries
-  (the hourly "my packages" rule) are stored, not sent: they wait for their hour.
+  (the hourly "my packages" rule) are stored and sent only when 100 have gathered.
 * **latency**: the publisher sends at a steady 1,000 msg/s with its send time in the
   envelope (``bench_sent``); latency is publish -> ``NullBackend.send`` for every
   immediate delivery.
