@@ -711,7 +711,7 @@ def _merged_meta(rows: Sequence[sqlite3.Row]) -> dict[str, Any]:
     packages: dict[str, None] = {}
     for row in rows:
         services.setdefault(row["service"], None)
-        meta = json.loads(row["meta"])
+        meta = _loads_text(row["meta"])
         for name in meta.get("usernames") or ():
             if len(usernames) < MERGED_META_CAP:
                 usernames.setdefault(str(name), None)
