@@ -683,11 +683,25 @@ class Outbox:
             e["coalesced"] = int(row["coalesced"])
         return [DestinationStatus(**found[key]) for key in sorted(found)]
 
-    def prune(self, now: float, *, keep_done: float = 7 * 86400, keep_failed: float = 30 * 86400) -> int:
-        """Forget finished work older than the retention (the dedup log for as long as deliveries)."""
+    def prune(
+        self,
+        now: float,
+        *,
+        keep_done: float = 7 * 86400,
+        keep_sent_rows: float = 86400,
+        keep_failed: float = 30 * 86400,
+    ) -> int:
+        """Forget finished work older than the retention.
+
+        The dedup log (``accepted``, a few dozen bytes per message and destination) is
+        kept ``keep_done`` so a replayed message is still recognised; the rows of sent
+        deliveries carry their rendered text (a mail's HTML) and go after a day, or a
+        busy bus would grow the database by gigabytes a week.
+        """
         with self.transaction() as db:
             removed = db.execute(
-                "DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < ?", (now - keep_done,)
+                "DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < ?",
+                (now - min(keep_sent_rows, keep_done),),
             ).rowcount
             removed += db.execute(
                 "DELETE FROM deliveries WHERE state = 'failed' AND finished < ?", (now - keep_failed,)

@@ -133,6 +133,17 @@ def test_prune_forgets_only_old_finished_work(store: Outbox) -> None:
     assert [i.msg_id for i, _ in store.window(IRC, NOW + 8 * 86400, 10)] == ["queued"]
 
 
+def test_sent_rows_go_after_a_day_but_dedup_is_kept_a_week(store: Outbox) -> None:
+    """Rendered text of sent deliveries must not pile up for a week, yet a replay two days later is still a duplicate."""
+    store.accept([delivery("m1")], now=NOW)
+    item, _ = store.window(IRC, NOW, 1)[0]
+    store.mark_sent(item, NOW)
+    store.prune(NOW + 2 * 86400)
+    assert store.db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+    store.accept([delivery("m1")], now=NOW + 2 * 86400)
+    assert store.window(IRC, NOW + 2 * 86400, 10) == []
+
+
 def test_counters_accumulate(store: Outbox) -> None:
     """Malformed-message counts add up across daemon runs."""
     store.add_counters({"malformed.not-json": 2})
