@@ -53,8 +53,10 @@ async def test_permanent_failure_and_malformed_counts_show_in_status(
     publisher = Publisher(endpoint, username="tester", wait=5.0)
     try:
         batch = list(envelopes(2, BODHI))
-        await asyncio.to_thread(lambda: [publisher.send_envelope(e) for e in batch])
+        # Garbage first: one publisher's frames arrive in order, so once both good
+        # messages have failed, the malformed one has certainly been counted.
         await asyncio.to_thread(publisher.send_raw, [BODHI.encode(), b"{not json"])
+        await asyncio.to_thread(lambda: [publisher.send_envelope(e) for e in batch])
         assert daemon.store is not None
         store = daemon.store
         await until(lambda: [r.failed for r in store.status(time.time())] == [2], 10, "two permanent failures")
