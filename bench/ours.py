@@ -66,7 +66,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +358,7 @@ def start_publisher(endpoint: str, count: int, rate: float, *, streaming: bool =
 def stream_publish(endpoint: str, count: int, rate: float) -> None:
     """publisher.py for very long runs: encodes as it goes (1M prepared frames would be GBs), paced."""
     import zmq
-    from publisher import sample_envelopes
+    from publisher import bench_envelope, sample_envelopes
 
     samples = sample_envelopes()
     ctx = zmq.Context()
@@ -371,20 +370,12 @@ def stream_publish(endpoint: str, count: int, rate: float) -> None:
     start = time.perf_counter()
     interval = 1.0 / rate
     for n in range(count):
-        sample = samples[n % len(samples)]
-        envelope = {
-            "i": n + 1,
-            "msg": sample.get("msg", {}),
-            "msg_id": f"2026-{uuid.UUID(int=n + 1, version=4)}",
-            "timestamp": int(time.time()),
-            "topic": sample["topic"],
-            "username": "bench",
-        }
+        envelope = bench_envelope(samples, n)
         if n % 64 == 0:
             # Paced in bursts of 64 (sleeping per message would cost more than sending).
             while (delay := start + n * interval - time.perf_counter()) > 0:
                 time.sleep(delay)
-        frames = [str(sample["topic"]).encode(), json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()]
+        frames = [str(envelope["topic"]).encode(), json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()]
         sock.send_multipart(frames)
     print(f"DONE {time.perf_counter() - start:.3f}", flush=True)
     sock.close(linger=60_000)

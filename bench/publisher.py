@@ -25,20 +25,25 @@ def sample_envelopes() -> list[dict[str, object]]:
     return [json.loads(line)["message"] for line in SAMPLES.read_text().splitlines() if line.strip()]
 
 
+def bench_envelope(samples: list[dict[str, object]], n: int) -> dict[str, object]:
+    """The n-th benchmark message: the samples cycled, each with its own msg_id."""
+    sample = samples[n % len(samples)]
+    return {
+        "i": n + 1,
+        "msg": sample.get("msg", {}),
+        "msg_id": f"2026-{uuid.UUID(int=n + 1, version=4)}",
+        "timestamp": int(time.time()),
+        "topic": sample["topic"],
+        "username": "bench",
+    }
+
+
 def frames_for(count: int) -> list[tuple[bytes, dict[str, object]]]:
     samples = sample_envelopes()
     out = []
     for n in range(count):
-        sample = samples[n % len(samples)]
-        envelope = {
-            "i": n + 1,
-            "msg": sample.get("msg", {}),
-            "msg_id": f"2026-{uuid.UUID(int=n + 1, version=4)}",
-            "timestamp": int(time.time()),
-            "topic": sample["topic"],
-            "username": "bench",
-        }
-        out.append((str(sample["topic"]).encode(), envelope))
+        envelope = bench_envelope(samples, n)
+        out.append((str(envelope["topic"]).encode(), envelope))
     return out
 
 
