@@ -16,6 +16,9 @@ EXTRAS = {
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [
+    # The packaging test builds the wheel without build isolation (no network needed).
+    "setuptools>=68",
+    "wheel",
     "pytest>=8",
     "pytest-asyncio>=0.23",
     "pytest-timeout>=2.3",

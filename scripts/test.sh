@@ -20,7 +20,7 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
 .venv/bin/pip install -q -e '.[test]'
 
 # The real fedmsg, isolated: its crypto needs old pyOpenSSL/cryptography pins.
