@@ -659,14 +659,7 @@ class MetaEngine:
             # The sandbox's globals, merged here so jinja2 can use this dict as the
             # context as-is (shared=True) instead of rebuilding it from a ChainMap.
             **_shared_globals(),
-            "body": body,
-            "msg": body,
-            "message": message.envelope,
-            "topic": message.topic,
-            "subtopic": subtopic,
-            "service": service_name,
-            "env": message.parts.env,
-            "rest": rest,
+            **_expression_context(message, service_name, rest, subtopic),
             "_icon": service.icon or GENERIC_ICON,
         }
         if not entry.combined:
@@ -700,16 +693,7 @@ class MetaEngine:
     ) -> Meta:
         """One expression at a time, so a failing one is reported and replaced by its generic value."""
         body = message.body
-        ctx: dict[str, Any] = {
-            "body": body,
-            "msg": body,
-            "message": message.envelope,
-            "topic": message.topic,
-            "subtopic": subtopic,
-            "service": service_name,
-            "env": message.parts.env,
-            "rest": rest,
-        }
+        ctx = _expression_context(message, service_name, rest, subtopic)
         for let in entry.lets:
             ctx[let.name[4:]] = self._run(service, let, ctx, None)
         fields = entry.fields
@@ -793,3 +777,18 @@ def default_engine() -> MetaEngine:
 def compute_meta(message: Message) -> Meta:
     """Metadata from the shipped service files (use :class:`MetaEngine` for user directories)."""
     return default_engine().compute(message)
+
+
+def _expression_context(message: Message, service_name: str, rest: str, subtopic: str) -> dict[str, Any]:
+    """The names a service file's expressions see (both evaluation paths use this)."""
+    body = message.body
+    return {
+        "body": body,
+        "msg": body,
+        "message": message.envelope,
+        "topic": message.topic,
+        "subtopic": subtopic,
+        "service": service_name,
+        "env": message.parts.env,
+        "rest": rest,
+    }
