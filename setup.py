@@ -6,7 +6,34 @@ The source tree keeps the SPEC's top-level folders (``notifier/``, ``backends/``
 (``backends``, ``notifier``) land in site-packages.
 """
 
+from pathlib import Path
+
 from setuptools import setup
+
+# Source folder → installed package; every folder below them with an __init__.py is a
+# subpackage, found by walking the tree so a new stage or backend cannot be left out.
+ROOTS = {
+    "fedmsg_notify": "notifier",
+    "fedmsg_notify.backends": "backends",
+    "fedmsg_notify.templates": "templates",
+    "fedmsg_notify.example_rules": "rules",
+}
+
+
+def _packages() -> tuple[dict[str, str], list[str]]:
+    package_dir: dict[str, str] = {}
+    packages: list[str] = []
+    for name, folder in ROOTS.items():
+        package_dir[name] = folder
+        for init in sorted(Path(folder).rglob("__init__.py")):
+            parts = init.parent.relative_to(folder).parts
+            if "__pycache__" in parts:
+                continue
+            packages.append(".".join((name, *parts)))
+    return package_dir, packages
+
+
+PACKAGE_DIR, PACKAGES = _packages()
 
 EXTRAS = {
     "irc": ["irc>=20.0"],
@@ -34,32 +61,16 @@ EXTRAS["test"] = EXTRAS["all"] + [
 setup(
     name="fedmsg-notify",
     version="0.1.0",
-    description="Notification fan-out daemon for fedmsg (ZeroMQ) message buses",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="Notification fan-out daemon for Fedora-style message buses (fedmsg over ZeroMQ)",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="LGPL-2.1-or-later",
     python_requires=">=3.11",
-    package_dir={
-        "fedmsg_notify": "notifier",
-        "fedmsg_notify.services": "notifier/services",
-        "fedmsg_notify.data": "notifier/data",
-        "fedmsg_notify.backends": "backends",
-        "fedmsg_notify.templates": "templates",
-        "fedmsg_notify.example_rules": "rules",
-    },
-    packages=[
-        "fedmsg_notify",
-        "fedmsg_notify.services",
-        "fedmsg_notify.data",
-        "fedmsg_notify.backends",
-        "fedmsg_notify.backends.email",
-        "fedmsg_notify.backends.irc",
-        "fedmsg_notify.templates",
-        "fedmsg_notify.example_rules",
-    ],
+    package_dir=PACKAGE_DIR,
+    packages=PACKAGES,
     package_data={
         "fedmsg_notify": ["py.typed"],
-        "fedmsg_notify.services": ["*.yaml"],
+        "fedmsg_notify.meta.services": ["*.yaml"],
         "fedmsg_notify.data": ["*.jsonl", "*.yaml", "*.service", "icons/*"],
         "fedmsg_notify.templates": ["*/*.j2"],
         "fedmsg_notify.example_rules": ["*.yaml"],
@@ -77,7 +88,7 @@ setup(
     ],
     extras_require=EXTRAS,
     entry_points={
-        "console_scripts": ["fedmsg-notify = fedmsg_notify.cli:main"],
+        "console_scripts": ["fedmsg-notify = fedmsg_notify.commands.cli:main"],
         "fedmsg_notify.backends": [],
     },
     data_files=[("lib/systemd/system", ["fedmsg-notify.service"])],

@@ -70,7 +70,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from fedmsg_notify import sanitize
 from fedmsg_notify.backend import (
     AccountOptions,
     Backend,
@@ -79,7 +78,8 @@ from fedmsg_notify.backend import (
     PermanentFailure,
     TemporaryFailure,
 )
-from fedmsg_notify.validation import StrictModel
+from fedmsg_notify.config.validation import StrictModel
+from fedmsg_notify.render import sanitize
 from pydantic import Field, ValidationError, field_validator
 
 log = logging.getLogger(__name__)

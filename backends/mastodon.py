@@ -50,8 +50,8 @@ from fedmsg_notify.backend import (
     PermanentFailure,
     TemporaryFailure,
 )
-from fedmsg_notify.sanitize import plain_text
-from fedmsg_notify.validation import StrictModel
+from fedmsg_notify.config.validation import StrictModel
+from fedmsg_notify.render.sanitize import plain_text
 from pydantic import Field, SecretStr, field_validator
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedmsg_notify.bus import Publisher
+from fedmsg_notify.bus.zeromq import Publisher
 from fedmsg_notify.testing import envelopes
 
 TOPIC = "org.fedoraproject.prod.bodhi.update.comment"

@@ -30,11 +30,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedmsg_notify.config import load_config  # noqa: E402
-from fedmsg_notify.envelope import MalformedMessage, Message  # noqa: E402
-from fedmsg_notify.meta import Meta, MetaEngine  # noqa: E402
-from fedmsg_notify.rules import RuleSet  # noqa: E402
-from fedmsg_notify.yaml_positions import LocatedDocument  # noqa: E402
+from fedmsg_notify.bus.envelope import MalformedMessage, Message  # noqa: E402
+from fedmsg_notify.config.model import load_config  # noqa: E402
+from fedmsg_notify.config.yaml_positions import LocatedDocument  # noqa: E402
+from fedmsg_notify.matching.rules import RuleSet  # noqa: E402
+from fedmsg_notify.meta.engine import Meta, MetaEngine  # noqa: E402
 
 SAMPLES = ROOT / "notifier" / "data" / "samples.jsonl"
 

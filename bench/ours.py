@@ -123,7 +123,7 @@ def population(
     count: int, pairs: list[Any], seed: int = 1, broad_people: int = WATCHERS
 ) -> tuple[list[Any], dict[str, Any]]:
     """``count`` rules as in-memory rule documents, and a description of who they belong to."""
-    from fedmsg_notify.yaml_positions import LocatedDocument
+    from fedmsg_notify.config.yaml_positions import LocatedDocument
 
     rng = random.Random(seed)
     real_users = sorted({u for _, m in pairs for u in m.usernames})
@@ -211,10 +211,10 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     from bench_rules import load_samples
-    from fedmsg_notify import bus
-    from fedmsg_notify.config import load_config
+    from fedmsg_notify.bus import zeromq as bus
+    from fedmsg_notify.config.model import load_config
     from fedmsg_notify.daemon import Daemon
-    from fedmsg_notify.rules import RuleSet
+    from fedmsg_notify.matching.rules import RuleSet
     from fedmsg_notify.testing import NullBackend
 
     pairs = load_samples()

@@ -1,5 +1,5 @@
 """``python -m fedmsg_notify`` runs the command line."""
 
-from fedmsg_notify.cli import main
+from fedmsg_notify.commands.cli import main
 
 raise SystemExit(main())

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fedmsg_notify.sanitize import finish_parts
-from fedmsg_notify.validation import StrictModel
+from fedmsg_notify.config.validation import StrictModel
+from fedmsg_notify.render.sanitize import finish_parts
 from pydantic import Field
 
 

@@ -27,21 +27,21 @@ from typing import Any
 
 from fedmsg_notify import systemd
 from fedmsg_notify.backend import Destination
-from fedmsg_notify.bus import Subscriber
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.bus.signatures import make_verifier
+from fedmsg_notify.bus.zeromq import Subscriber
 from fedmsg_notify.clock import Clock
-from fedmsg_notify.coalesce import Coalescer
-from fedmsg_notify.config import Config, load_config
-from fedmsg_notify.digest import DigestScheduler, joined_parts
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.intake import Pipeline, accept_batch
-from fedmsg_notify.meta import MetaEngine
-from fedmsg_notify.outbox import DigestEntry, Outbox
-from fedmsg_notify.render import Renderer
-from fedmsg_notify.retry import RetryPolicy
-from fedmsg_notify.rules import Route, Rule, RuleSet
-from fedmsg_notify.signatures import make_verifier
-from fedmsg_notify.workers import BackendHandle, DestinationWorker
-from fedmsg_notify.yaml_positions import Position, Problem, ProblemsError
+from fedmsg_notify.config.model import Config, load_config
+from fedmsg_notify.config.yaml_positions import Position, Problem, ProblemsError
+from fedmsg_notify.delivery.coalesce import Coalescer
+from fedmsg_notify.delivery.digest import DigestScheduler, joined_parts
+from fedmsg_notify.delivery.intake import Pipeline, accept_batch
+from fedmsg_notify.delivery.retry import RetryPolicy
+from fedmsg_notify.delivery.workers import BackendHandle, DestinationWorker
+from fedmsg_notify.matching.rules import Route, Rule, RuleSet
+from fedmsg_notify.meta.engine import MetaEngine
+from fedmsg_notify.render.renderer import Renderer
+from fedmsg_notify.store.sqlite import DigestEntry, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ line per delivery to a file, so a test in another process can count deliveries a
 a ``kill -9``. Like a remote service with idempotency keys (Mastodon's
 ``Idempotency-Key``, an MTA deduplicating on ``Message-ID``), it accepts an item id
 only once — repeats are counted in ``<path>.repeats`` instead — which is what lets the
-engine promise exactly-once across a crash (see :mod:`fedmsg_notify.workers`).
+engine promise exactly-once across a crash (see :mod:`fedmsg_notify.delivery.workers`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure, TemporaryFailure
-from fedmsg_notify.bus import Publisher
-from fedmsg_notify.envelope import build_envelope
+from fedmsg_notify.bus.envelope import build_envelope
+from fedmsg_notify.bus.zeromq import Publisher
 
 
 class RecordingAccount(AccountOptions):

@@ -50,7 +50,7 @@ def fedmsg_python() -> str:
 
 @pytest.fixture(autouse=True)
 def _restore_log_record_factory() -> Iterator[None]:
-    """`fedmsg_notify.cli.main` installs log redaction process-wide; each test starts as it found it."""
+    """`fedmsg_notify.commands.cli.main` installs log redaction process-wide; each test starts as it found it."""
     factory = logging.getLogRecordFactory()
     yield
     logging.setLogRecordFactory(factory)

@@ -20,8 +20,8 @@ from fedmsg_notify.backends.desktop import (
     popup_icon,
     session_bus_address,
 )
-from fedmsg_notify.config import load_config
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.config.yaml_positions import ProblemsError
 
 from tests.dbusserver import NotificationServer, Notified, SessionBus
 
@@ -305,7 +305,7 @@ def test_module_imports_without_notify2_and_start_names_the_extra(tmp_path: Path
         import asyncio, sys
         sys.modules["dbus"] = None
         sys.modules["notify2"] = None
-        from fedmsg_notify.config import load_config
+        from fedmsg_notify.config.model import load_config
         from fedmsg_notify.backend import BackendUnavailable
         account = load_config({str(config)!r}).accounts["desktop"]
         backend = account.backend("desktop", account.options)
@@ -360,7 +360,7 @@ def test_config_errors_name_the_place(tmp_path: Path) -> None:
     assert "unknown key 'expire_msec'" in text and "did you mean 'expire_ms'" in text
 
     config.write_text(f"accounts:\n  desktop: {{backend: desktop}}\nrules: ['{rules}']\n", encoding="utf-8")
-    from fedmsg_notify.rules import RuleSet
+    from fedmsg_notify.matching.rules import RuleSet
 
     loaded = load_config(config)
     with pytest.raises(ProblemsError) as bad_rule:
@@ -398,7 +398,7 @@ def write_config(tmp_path: Path, endpoint: str, account: str = "") -> Path:
 
 
 def builds(count: int) -> list[dict[str, Any]]:
-    from fedmsg_notify.envelope import build_envelope
+    from fedmsg_notify.bus.envelope import build_envelope
 
     return [
         build_envelope(
@@ -444,7 +444,7 @@ async def test_flood_becomes_a_few_popups_that_account_for_every_message(
     server: NotificationServer, tmp_path: Path, endpoint: str
 ) -> None:
     """Twenty failed builds at once, at one popup a second, show as a few popups, one "N new koji messages", all critical."""
-    from fedmsg_notify.coalesce import Coalescer
+    from fedmsg_notify.delivery.coalesce import Coalescer
     from fedmsg_notify.testing import publish_all
 
     config = write_config(tmp_path, endpoint, ", rate: 1, burst: 1")
@@ -491,8 +491,8 @@ async def test_logged_out_deliveries_wait_in_status_and_show_once_after_login(
     missing: str, tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without a session bus or notification server a build is queued (status says which), other accounts still get it, and it pops up once at login."""
-    from fedmsg_notify.cli import main
-    from fedmsg_notify.retry import RetryPolicy
+    from fedmsg_notify.commands.cli import main
+    from fedmsg_notify.delivery.retry import RetryPolicy
     from fedmsg_notify.testing import RecordingBackend, publish_all
 
     bus = SessionBus(tmp_path / "dbus")
@@ -544,10 +544,10 @@ def test_shipped_desktop_rules_make_failed_builds_critical_when_uncommented(
     tmp_path: Path, samples: list[dict[str, Any]]
 ) -> None:
     """The commented example in rules/desktop.yaml is valid with a desktop account and makes my failed build critical."""
-    from fedmsg_notify.config import shipped_rules_dir
-    from fedmsg_notify.envelope import Message
-    from fedmsg_notify.meta import compute_meta
-    from fedmsg_notify.rules import RuleSet
+    from fedmsg_notify.bus.envelope import Message
+    from fedmsg_notify.config.model import shipped_rules_dir
+    from fedmsg_notify.matching.rules import RuleSet
+    from fedmsg_notify.meta.engine import compute_meta
 
     shipped = (shipped_rules_dir() / "desktop.yaml").read_text(encoding="utf-8")
     assert "  # - name: my failed koji builds" in shipped

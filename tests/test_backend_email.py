@@ -27,15 +27,15 @@ from fedmsg_notify.backend import Destination, Item, PermanentFailure, Temporary
 from fedmsg_notify.backends.email import EmailAccount, EmailBackend
 from fedmsg_notify.backends.email.compose import Sender, compose, parse_address
 from fedmsg_notify.backends.email.transport import SmtpTransport
-from fedmsg_notify.bus import Publisher
-from fedmsg_notify.config import load_config
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.config.yaml_positions import ProblemsError
 from fedmsg_notify.daemon import Daemon
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.meta import Meta, MetaEngine
-from fedmsg_notify.render import Renderer
-from fedmsg_notify.retry import RetryPolicy
-from fedmsg_notify.rules import Route, Rule
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.delivery.retry import RetryPolicy
+from fedmsg_notify.matching.rules import Route, Rule
+from fedmsg_notify.meta.engine import Meta, MetaEngine
+from fedmsg_notify.render.renderer import Renderer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError

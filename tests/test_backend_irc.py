@@ -21,11 +21,11 @@ import trustme
 from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.backends.irc import IRCAccount, IRCBackend
 from fedmsg_notify.backends.irc.lines import MAX_LINE_BYTES, fit, relay_budget, wire_safe
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.meta import Meta
-from fedmsg_notify.render import Renderer
-from fedmsg_notify.rules import Route, Rule
-from fedmsg_notify.sanitize import irc_color
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.matching.rules import Route, Rule
+from fedmsg_notify.meta.engine import Meta
+from fedmsg_notify.render.renderer import Renderer
+from fedmsg_notify.render.sanitize import irc_color
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -641,10 +641,10 @@ async def test_flood_of_500_reaches_channel_coalesced_without_disconnect(
 ) -> None:
     """500 messages published at full speed through the daemon all reach the channel, individually or counted
     in a backlog line, in order, and the bot is never disconnected for flooding."""
-    from fedmsg_notify.coalesce import Coalescer
-    from fedmsg_notify.config import load_config
+    from fedmsg_notify.bus.envelope import build_envelope
+    from fedmsg_notify.config.model import load_config
     from fedmsg_notify.daemon import Daemon
-    from fedmsg_notify.envelope import build_envelope
+    from fedmsg_notify.delivery.coalesce import Coalescer
     from fedmsg_notify.testing import publish_all
 
     rules = tmp_path / "rules"

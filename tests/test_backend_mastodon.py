@@ -24,8 +24,8 @@ from fedmsg_notify.backends.mastodon import (
     retry_after_seconds,
     status_length,
 )
-from fedmsg_notify.config import load_config
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.config.yaml_positions import ProblemsError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -465,8 +465,8 @@ def test_summary_counts_merged_summaries_and_mixed_services(token_file: Path) ->
 
 async def test_digest_renders_as_one_post_within_the_limit(server: MastodonServer, make_backend: Any) -> None:
     """A rule with a digest on the Mastodon account posts one list of messages, cut to the instance's limit."""
-    from fedmsg_notify.render import Renderer
-    from fedmsg_notify.rules import Route, Rule
+    from fedmsg_notify.matching.rules import Route, Rule
+    from fedmsg_notify.render.renderer import Renderer
 
     entries = [
         {"message": {}, "topic": "t", "meta": {"title": "bodhi", "subtitle": f"ralph pushed python-pkg{n:02d}"},
@@ -568,8 +568,8 @@ def write_config(tmp_path: Path, server: MastodonServer, token_file: Path, endpo
 
 async def run_daemon_until(config_path: Path, endpoint: str, count: int, done: Any, **daemon_options: Any) -> None:
     """Run the daemon, publish ``count`` bodhi messages, and stop once ``done()`` holds (or 20 s pass)."""
+    from fedmsg_notify.bus.envelope import build_envelope
     from fedmsg_notify.daemon import Daemon
-    from fedmsg_notify.envelope import build_envelope
     from fedmsg_notify.testing import publish_all
 
     daemon = Daemon(load_config(config_path), **daemon_options)
@@ -601,7 +601,7 @@ async def test_rejected_post_is_permanent_and_shown_by_status(
     tmp_path: Path, server: MastodonServer, token_file: Path, endpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A post the instance rejects (422) is not retried, and `fedmsg-notify status` shows the server's reason."""
-    from fedmsg_notify.cli import main
+    from fedmsg_notify.commands.cli import main
 
     config = write_config(tmp_path, server, token_file, endpoint)
     server.script.append(Scripted(status=422, error="Validation failed: Text character limit of 500 exceeded"))
@@ -621,7 +621,7 @@ async def test_flood_under_a_tight_rate_limit_is_coalesced_not_dropped(
     tmp_path: Path, server: MastodonServer, token_file: Path, endpoint: str
 ) -> None:
     """Thirty messages for an account allowed one post a second become a few posts that account for all thirty."""
-    from fedmsg_notify.coalesce import Coalescer
+    from fedmsg_notify.delivery.coalesce import Coalescer
 
     config = write_config(tmp_path, server, token_file, endpoint, pace=", rate: 1, burst: 1")
 

@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 import zmq
-from fedmsg_notify.bus import Publisher, Subscriber
-from fedmsg_notify.envelope import Message
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.bus.zeromq import Publisher, Subscriber
 
 from tests.conftest import free_port
 

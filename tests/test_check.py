@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fedmsg_notify.cli import main
+from fedmsg_notify.commands.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "check"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fedmsg_notify.backends import backend_names
 from fedmsg_notify.backends.console import ConsoleBackend
-from fedmsg_notify.cli import main
-from fedmsg_notify.config import load_config
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.commands.cli import main
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.config.yaml_positions import ProblemsError
 
 
 def problems_of(tmp_path: Path, text: str) -> list[str]:
@@ -159,7 +159,7 @@ def test_missing_config_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_config_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """-c beats $FEDMSG_NOTIFY_CONFIG, which beats the system and user files."""
-    from fedmsg_notify.config import find_config_file
+    from fedmsg_notify.config.model import find_config_file
 
     env_file = tmp_path / "env.yaml"
     monkeypatch.setenv("FEDMSG_NOTIFY_CONFIG", str(env_file))

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.bus import Publisher
-from fedmsg_notify.coalesce import Coalescer
-from fedmsg_notify.config import load_config
+from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
+from fedmsg_notify.delivery.coalesce import Coalescer
 from fedmsg_notify.testing import RecordingBackend, envelopes
 
 BODHI = "org.fedoraproject.prod.bodhi.update.comment"

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from fedmsg_notify.envelope import (
+from fedmsg_notify.bus.envelope import (
     MalformedMessage,
     Message,
     build_envelope,

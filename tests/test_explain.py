@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.cli import main
-from fedmsg_notify.config import Config, load_config
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.meta import MetaEngine
-from fedmsg_notify.render import Renderer
-from fedmsg_notify.rules import RuleSet
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.commands.cli import main
+from fedmsg_notify.config.model import Config, load_config
+from fedmsg_notify.matching.rules import RuleSet
+from fedmsg_notify.meta.engine import MetaEngine
+from fedmsg_notify.render.renderer import Renderer
 
 BUILD = "buildsys.TestKojiBuildStateChangeStart"
 

@@ -26,9 +26,7 @@ import pytest
 import yaml
 from fedmsg_notify.backend import Backend, DeliveryError, Destination, Item
 from fedmsg_notify.backends import backend_class, backend_names
-from fedmsg_notify.bus import Publisher, Subscriber
-from fedmsg_notify.config import Config, load_config
-from fedmsg_notify.envelope import (
+from fedmsg_notify.bus.envelope import (
     MalformedMessage,
     Message,
     build_envelope,
@@ -36,11 +34,13 @@ from fedmsg_notify.envelope import (
     check_bounds,
     decode_frames,
 )
-from fedmsg_notify.meta import MetaEngine
-from fedmsg_notify.render import Renderer
-from fedmsg_notify.rules import Route, Rule, RuleSet
-from fedmsg_notify.signatures import SignatureSettings, Verifier, wrap_b64
-from fedmsg_notify.yaml_positions import ProblemsError, load_located
+from fedmsg_notify.bus.signatures import SignatureSettings, Verifier, wrap_b64
+from fedmsg_notify.bus.zeromq import Publisher, Subscriber
+from fedmsg_notify.config.model import Config, load_config
+from fedmsg_notify.config.yaml_positions import ProblemsError, load_located
+from fedmsg_notify.matching.rules import Route, Rule, RuleSet
+from fedmsg_notify.meta.engine import MetaEngine
+from fedmsg_notify.render.renderer import Renderer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -566,7 +566,7 @@ def test_irc_injection_examples_stay_on_one_line(
 
 def test_explain_reports_what_the_daemon_would_drop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`explain` on a message with a lone surrogate or absurd nesting says the daemon would drop it, no traceback."""
-    from fedmsg_notify.cli import main
+    from fedmsg_notify.commands.cli import main
 
     (tmp_path / "rules.yaml").write_text(
         "rules:\n  - name: r\n    match: {field: {path: msg.text, matches: '^a'}}\n    deliver: [{via: out}]\n"
@@ -705,8 +705,8 @@ def _valid_samples() -> list[Message]:
 
 def test_status_shows_remote_failure_text_inertly() -> None:
     """A server's error text with terminal escapes or line breaks shows in `status` as one plain line."""
-    from fedmsg_notify.outbox import DestinationStatus
-    from fedmsg_notify.status import render_text
+    from fedmsg_notify.commands.status import render_text
+    from fedmsg_notify.store.sqlite import DestinationStatus
 
     row = DestinationStatus(
         destination="irc:#chan",

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedmsg_notify.bus import Publisher
+from fedmsg_notify.bus.zeromq import Publisher
 
 PEER = str(Path(__file__).with_name("fedmsg_peer.py"))
 TOPIC = "org.fedoraproject.dev.bodhi.update.comment"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.bus import Publisher
+from fedmsg_notify.bus.zeromq import Publisher
 from fedmsg_notify.testing import envelopes, read_recording
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
-from fedmsg_notify.config import load_config
-from fedmsg_notify.envelope import Message, split_topic
-from fedmsg_notify.meta import Meta
-from fedmsg_notify.rules import RuleSet
+from fedmsg_notify.bus.envelope import Message, split_topic
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.matching.rules import RuleSet
+from fedmsg_notify.meta.engine import Meta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.envelope import Message, build_envelope, split_topic
-from fedmsg_notify.meta import Meta, MetaEngine, _split, compute_meta, fas_user, nvr_name
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.bus.envelope import Message, build_envelope, split_topic
+from fedmsg_notify.config.yaml_positions import ProblemsError
+from fedmsg_notify.meta.engine import Meta, MetaEngine, _split, compute_meta, fas_user, nvr_name
 
 FIELDS = ("link", "usernames", "packages")
 
@@ -285,7 +285,7 @@ def test_failing_expression_falls_back_and_is_logged_once(tmp_path: Path, caplog
     )
     engine = MetaEngine([tmp_path])
     message = make("org.fedoraproject.prod.fragile.thing.update", {"agent": "ralph", "count": 3, "package": "foo"})
-    with caplog.at_level(logging.WARNING, logger="fedmsg_notify.meta"):
+    with caplog.at_level(logging.WARNING, logger="fedmsg_notify.meta.engine"):
         first = engine.compute(message)
         second = engine.compute(message)
     assert first == second
@@ -467,7 +467,7 @@ def test_unexpected_message_shapes_never_raise_or_warn(
 ) -> None:
     """A message whose body has a shape no service file expected still gets a sentence, quietly."""
     topics = sorted({s["message"]["topic"] for s in samples})
-    with caplog.at_level(logging.WARNING, logger="fedmsg_notify.meta"):
+    with caplog.at_level(logging.WARNING, logger="fedmsg_notify.meta.engine"):
         for topic in topics:
             for body in HOSTILE_BODIES:
                 meta = engine.compute(make(topic, body))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fedmsg_notify.backend import Destination, Item
-from fedmsg_notify.outbox import NewDelivery, Outbox
+from fedmsg_notify.store.sqlite import NewDelivery, Outbox
 
 IRC = Destination("irc", "#fedora")
 MAIL = Destination("mail", "a@example.org")
@@ -162,7 +162,7 @@ def test_coalescer_makes_any_backends_summary_inert(store: Outbox) -> None:
     """Whatever a backend's summariser writes, a line part of the stored summary has no CR, LF or NUL."""
     from fedmsg_notify.backends.console import ConsoleBackend
     from fedmsg_notify.clock import FakeClock
-    from fedmsg_notify.coalesce import Coalescer
+    from fedmsg_notify.delivery.coalesce import Coalescer
     from fedmsg_notify.pacing import TokenBucket
 
     class Careless(ConsoleBackend):

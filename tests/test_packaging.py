@@ -47,4 +47,4 @@ def test_wheel_holds_everything_under_fedmsg_notify(tmp_path: Path) -> None:
     top_level = {name.split("/")[0] for name in names}
     assert {name for name in top_level if not name.endswith((".dist-info", ".data"))} == {"fedmsg_notify"}
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "fedmsg-notify = fedmsg_notify.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "fedmsg-notify = fedmsg_notify.commands.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

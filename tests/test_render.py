@@ -10,12 +10,12 @@ from typing import Any, ClassVar
 import pytest
 from fedmsg_notify.backend import Backend, Destination
 from fedmsg_notify.backends.console import ConsoleBackend
-from fedmsg_notify.envelope import Message, split_topic
-from fedmsg_notify.meta import Meta
-from fedmsg_notify.render import Renderer, ago, candidates
-from fedmsg_notify.rules import Route, Rule
+from fedmsg_notify.bus.envelope import Message, split_topic
+from fedmsg_notify.matching.rules import Route, Rule
+from fedmsg_notify.meta.engine import Meta
+from fedmsg_notify.render.renderer import Renderer, ago, candidates
 
-LOGGER = "fedmsg_notify.render"
+LOGGER = "fedmsg_notify.render.renderer"
 _ids = itertools.count()
 
 
@@ -474,7 +474,7 @@ def test_shipped_templates_pass_check() -> None:
 def test_every_sample_renders_through_every_shipped_template(samples: list[dict[str, Any]]) -> None:
     """Some real message would hit a broken shipped template and arrive as the bare fallback sentence."""
     from fedmsg_notify.backends import backend_class, backend_names
-    from fedmsg_notify.meta import compute_meta as real_meta
+    from fedmsg_notify.meta.engine import compute_meta as real_meta
 
     renderer = Renderer([])
     backends = []

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.clock import FakeClock
-from fedmsg_notify.outbox import NewDelivery, Outbox
-from fedmsg_notify.retry import RetryPolicy
+from fedmsg_notify.delivery.retry import RetryPolicy
+from fedmsg_notify.delivery.workers import BackendHandle, DestinationWorker
+from fedmsg_notify.store.sqlite import NewDelivery, Outbox
 from fedmsg_notify.testing import RecordingAccount, RecordingBackend
-from fedmsg_notify.workers import BackendHandle, DestinationWorker
 
 DEST = Destination("rec-retry", "#chan")
 ITEM = Item(id=1, msg_id="m1", destination=DEST, rule="r", topic="t", service="s", rendered={})

@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 from fedmsg_notify.backend import Destination
-from fedmsg_notify.cli import default_config_text
-from fedmsg_notify.config import Config, load_config
-from fedmsg_notify.demo import demo_config_text
-from fedmsg_notify.envelope import MalformedMessage, Message
-from fedmsg_notify.meta import Meta, compute_meta
-from fedmsg_notify.rules import Digest, RuleSet, parse_duration
-from fedmsg_notify.yaml_positions import LocatedDocument, ProblemsError
+from fedmsg_notify.bus.envelope import MalformedMessage, Message
+from fedmsg_notify.commands.demo import demo_config_text
+from fedmsg_notify.config.model import Config, default_config_text, load_config
+from fedmsg_notify.config.yaml_positions import LocatedDocument, ProblemsError
+from fedmsg_notify.matching.rules import Digest, RuleSet, parse_duration
+from fedmsg_notify.meta.engine import Meta, compute_meta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from fedmsg_notify import sanitize
 from fedmsg_notify.backend import Backend, Destination
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.meta import Meta
-from fedmsg_notify.render import Renderer
-from fedmsg_notify.rules import Route, Rule
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.matching.rules import Route, Rule
+from fedmsg_notify.meta.engine import Meta
+from fedmsg_notify.render import sanitize
+from fedmsg_notify.render.renderer import Renderer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import trustme
-from fedmsg_notify import redact
-from fedmsg_notify.bus import Publisher
-from fedmsg_notify.cli import main as cli_main
-from fedmsg_notify.config import load_config
+from fedmsg_notify.bus.envelope import build_envelope
+from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.commands.cli import main as cli_main
+from fedmsg_notify.config import redact
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.config.validation import StrictModel, validate
+from fedmsg_notify.config.yaml_positions import ProblemsError, load_located
 from fedmsg_notify.daemon import Daemon
-from fedmsg_notify.envelope import build_envelope
-from fedmsg_notify.validation import StrictModel, validate
-from fedmsg_notify.yaml_positions import ProblemsError, load_located
 from pydantic import SecretStr
 
 from tests.conftest import free_port

@@ -23,17 +23,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from fedmsg_notify.bus import Subscriber
-from fedmsg_notify.config import load_config
-from fedmsg_notify.envelope import Message, build_envelope, canonical_json, decode_frames
-from fedmsg_notify.signatures import (
+from fedmsg_notify.bus.envelope import Message, build_envelope, canonical_json, decode_frames
+from fedmsg_notify.bus.signatures import (
     SignatureConfigError,
     SignatureSettings,
     Signer,
     Verifier,
     settings_from_fedmsg,
 )
-from fedmsg_notify.yaml_positions import ProblemsError
+from fedmsg_notify.bus.zeromq import Subscriber
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.config.yaml_positions import ProblemsError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -472,7 +472,7 @@ def test_ec_certificate_is_refused_cleanly(pki: Pki) -> None:
     """A certificate with a non-RSA key cannot carry a fedmsg signature and is refused, not crashed on."""
     envelope = pki.signer("good")(unsigned())
     ec_pem = (pki.dir / "ec.crt").read_bytes()
-    from fedmsg_notify.signatures import wrap_b64
+    from fedmsg_notify.bus.signatures import wrap_b64
 
     envelope["certificate"] = wrap_b64(ec_pem)
     assert Verifier(pki.settings()).check(envelope).reason == "bad-signature"
@@ -615,7 +615,7 @@ def test_fedmsg_d_remote_url_reported_in_config(tmp_path: Path) -> None:
 
 async def test_forged_messages_never_reach_a_recipient(pki: Pki, tmp_path: Path, endpoint: str) -> None:
     """With validation on, the daemon delivers the genuine message and drops forged, tampered and unsigned ones."""
-    from fedmsg_notify.bus import Publisher
+    from fedmsg_notify.bus.zeromq import Publisher
     from fedmsg_notify.daemon import Daemon
     from fedmsg_notify.testing import RecordingBackend
 
@@ -733,7 +733,7 @@ _SIGNING: dict[str, tuple[Signer, Verifier]] = {}
 
 async def test_mark_mode_delivers_unverified_messages_marked(pki: Pki, tmp_path: Path, endpoint: str) -> None:
     """With `on_invalid: mark` a forged message is still delivered, and templates can say it is unverified."""
-    from fedmsg_notify.bus import Publisher
+    from fedmsg_notify.bus.zeromq import Publisher
     from fedmsg_notify.daemon import Daemon
     from fedmsg_notify.testing import RecordingBackend
 

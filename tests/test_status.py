@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from fedmsg_notify.backend import Destination, Item
-from fedmsg_notify.bus import Publisher
-from fedmsg_notify.cli import main
-from fedmsg_notify.config import load_config
+from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.commands.cli import main
+from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
-from fedmsg_notify.outbox import NewDelivery, NewDigestEntry, Outbox
+from fedmsg_notify.store.sqlite import NewDelivery, NewDigestEntry, Outbox
 from fedmsg_notify.testing import envelopes
 
 RECORDER = "fedmsg_notify.testing:RecordingBackend"

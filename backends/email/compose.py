@@ -22,8 +22,8 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from fedmsg_notify import sanitize
 from fedmsg_notify.backend import Item
+from fedmsg_notify.render import sanitize
 
 # Filterable headers repeat once per user or package; a message naming hundreds of
 # packages (a mass rebuild) must not produce a header block larger than the body.
@@ -42,7 +42,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 def header_safe(value: object, limit: int = MAX_HEADER_VALUE) -> str:
     """``value`` as one line of printable text, at most ``limit`` characters.
 
-    :func:`fedmsg_notify.sanitize.header_safe` is the project's one guard; folding any
+    :func:`fedmsg_notify.render.sanitize.header_safe` is the project's one guard; folding any
     remaining control character here too keeps this module safe on its own, so a
     header value taken from a bus message can never end the header and start another.
     """

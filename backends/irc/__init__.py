@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, PermanentFailure
-from fedmsg_notify.sanitize import strip_irc_formatting
-from fedmsg_notify.validation import StrictModel
+from fedmsg_notify.config.validation import StrictModel
+from fedmsg_notify.render.sanitize import strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from .lines import age_suffix, describe_age, fit, wire_safe

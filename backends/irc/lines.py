@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 
-from fedmsg_notify.sanitize import one_line
+from fedmsg_notify.render.sanitize import one_line
 
 # RFC 1459 §2.3: "IRC messages are always lines of characters terminated with a
 # CR-LF pair, and these messages shall not exceed 512 characters in length,

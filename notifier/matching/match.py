@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import re2
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.meta import Meta
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.meta.engine import Meta
 
 # RE2 logs rejected patterns to stderr by itself; we report them with positions instead.
 _RE2_OPTIONS = re2.Options()

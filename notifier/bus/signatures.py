@@ -40,7 +40,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
-from fedmsg_notify.envelope import Message, canonical_json
+from fedmsg_notify.bus.envelope import Message, canonical_json
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from fedmsg_notify.envelope import (
+from fedmsg_notify.bus.envelope import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_STRING,

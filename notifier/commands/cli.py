@@ -12,34 +12,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from importlib import resources
-from pathlib import Path
 
 from fedmsg_notify import __version__
-from fedmsg_notify.config import Config, find_config_file, load_config
-from fedmsg_notify.redact import install_log_redaction
-from fedmsg_notify.yaml_positions import Position, Problem, ProblemsError
+from fedmsg_notify.config.model import load_cli_config
+from fedmsg_notify.config.redact import install_log_redaction
+from fedmsg_notify.config.yaml_positions import ProblemsError
 
 log = logging.getLogger("fedmsg_notify")
-
-
-def default_config_text() -> str:
-    return resources.files("fedmsg_notify.data").joinpath("default-config.yaml").read_text(encoding="utf-8")
-
-
-def load_cli_config(explicit: str | None) -> Config:
-    """The config named on the command line or found in the usual places, else embedded defaults."""
-    path = find_config_file(explicit)
-    if path is None:
-        log.info("no configuration file found; using embedded defaults")
-        return load_config("<embedded defaults>", default_config_text())
-    if not path.exists():
-        raise ProblemsError([_missing(path)])
-    return load_config(path)
-
-
-def _missing(path: Path) -> Problem:
-    return Problem(Position(str(path), 1, 1), "configuration file does not exist")
 
 
 def _print_problems(exc: ProblemsError) -> int:
@@ -58,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from fedmsg_notify.bus import Publisher
+    from fedmsg_notify.bus.zeromq import Publisher
 
     if args.msg is not None and args.msg != "-":
         payloads = [args.msg]
@@ -74,7 +53,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             return 1
     signer = None
     if args.cert or args.key:
-        from fedmsg_notify.signatures import SignatureConfigError, Signer
+        from fedmsg_notify.bus.signatures import SignatureConfigError, Signer
 
         if not (args.cert and args.key):
             print("publish: --cert and --key go together", file=sys.stderr)
@@ -96,7 +75,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from fedmsg_notify.bus import Subscriber
+    from fedmsg_notify.bus.zeromq import Subscriber
 
     if args.endpoint:
         endpoints: Sequence[str] = args.endpoint
@@ -115,11 +94,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(message.envelope, sort_keys=True), flush=True)
                 else:
-                    from fedmsg_notify.meta import compute_meta
+                    from fedmsg_notify.meta.engine import compute_meta
 
                     meta = compute_meta(message)
                     link = f" {meta.link}" if meta.link else ""
-                    from fedmsg_notify.sanitize import one_line, plain_text
+                    from fedmsg_notify.render.sanitize import one_line, plain_text
 
                     # Bus content must not drive the terminal (escape sequences) or fake extra lines.
                     print(one_line(plain_text(f"{message.topic} {meta.subtitle}{link}")), flush=True)
@@ -134,25 +113,25 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from fedmsg_notify.check import run_check
+    from fedmsg_notify.commands.check import run_check
 
     return run_check(args)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from fedmsg_notify.explain import run_explain
+    from fedmsg_notify.commands.explain import run_explain
 
     return run_explain(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fedmsg_notify.status import run_status
+    from fedmsg_notify.commands.status import run_status
 
     return run_status(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fedmsg_notify.demo import run_demo
+    from fedmsg_notify.commands.demo import run_demo
 
     return run_demo(args)
 

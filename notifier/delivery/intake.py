@@ -17,10 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 from fedmsg_notify.backend import Backend
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.outbox import Accepted, NewDelivery, NewDigestEntry, Outbox
-from fedmsg_notify.render import Renderer
-from fedmsg_notify.rules import Route, RuleSet
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.matching.rules import Route, RuleSet
+from fedmsg_notify.render.renderer import Renderer
+from fedmsg_notify.store.sqlite import Accepted, NewDelivery, NewDigestEntry, Outbox
 
 log = logging.getLogger(__name__)
 

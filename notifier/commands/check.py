@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedmsg_notify.cli import load_cli_config
-from fedmsg_notify.config import Config
-from fedmsg_notify.rules import RuleSet
-from fedmsg_notify.yaml_positions import Problem, ProblemsError
+from fedmsg_notify.config.model import Config, load_cli_config
+from fedmsg_notify.config.yaml_positions import Problem, ProblemsError
+from fedmsg_notify.matching.rules import RuleSet
 
 
 def _optional_check(module: str, attr: str, *args: Any) -> list[Problem]:
@@ -47,10 +46,10 @@ def check_config(config: Config) -> tuple[list[Problem], str]:
         summary = f"{len(ruleset)} rules in {ruleset.files} files"
     except ProblemsError as exc:
         problems.extend(exc.problems)
-    problems.extend(_optional_check("fedmsg_notify.render", "Renderer", config.template_paths))
+    problems.extend(_optional_check("fedmsg_notify.render.renderer", "Renderer", config.template_paths))
     # MetaEngine reads its files when constructed and raises every problem at once;
     # _optional_check turns that into the same list check() would return.
-    problems.extend(_optional_check("fedmsg_notify.meta", "MetaEngine", config.service_paths))
+    problems.extend(_optional_check("fedmsg_notify.meta.engine", "MetaEngine", config.service_paths))
     accounts = len(config.accounts)
     summary += f", {accounts} account{'s' if accounts != 1 else ''}; templates and service files valid"
     return _unique(problems), summary

@@ -14,6 +14,7 @@ misspelled option of one backend is reported where it is written.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,13 +24,15 @@ from typing import Annotated, Any, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend
 from fedmsg_notify.backends import backend_class, backend_names
-from fedmsg_notify.envelope import DEFAULT_MAX_DEPTH, DEFAULT_MAX_STRING
-from fedmsg_notify.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
-from fedmsg_notify.redact import register_secrets
-from fedmsg_notify.signatures import SignatureConfigError, SignatureSettings, Verifier, settings_from_fedmsg
-from fedmsg_notify.validation import StrictModel, did_you_mean, validate
-from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
+from fedmsg_notify.bus.envelope import DEFAULT_MAX_DEPTH, DEFAULT_MAX_STRING
+from fedmsg_notify.bus.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
+from fedmsg_notify.bus.signatures import SignatureConfigError, SignatureSettings, Verifier, settings_from_fedmsg
+from fedmsg_notify.config.redact import register_secrets
+from fedmsg_notify.config.validation import StrictModel, did_you_mean, validate
+from fedmsg_notify.config.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
 from pydantic import AfterValidator, Field
+
+log = logging.getLogger("fedmsg_notify.config")
 
 SYSTEM_CONFIG = Path("/etc/fedmsg-notify/config.yaml")
 USER_CONFIG = Path("~/.config/fedmsg-notify/config.yaml")
@@ -258,3 +261,22 @@ def _accounts(raw: dict[str, Any], doc: LocatedDocument, problems: list[Problem]
             register_secrets(parsed)
             accounts[name] = Account(name=name, backend=backend, options=parsed, position=doc.where(where, key=True))
     return accounts
+
+
+def default_config_text() -> str:
+    return resources.files("fedmsg_notify.data").joinpath("default-config.yaml").read_text(encoding="utf-8")
+
+
+def load_cli_config(explicit: str | None) -> Config:
+    """The config named on the command line or found in the usual places, else embedded defaults."""
+    path = find_config_file(explicit)
+    if path is None:
+        log.info("no configuration file found; using embedded defaults")
+        return load_config("<embedded defaults>", default_config_text())
+    if not path.exists():
+        raise ProblemsError([_missing(path)])
+    return load_config(path)
+
+
+def _missing(path: Path) -> Problem:
+    return Problem(Position(str(path), 1, 1), "configuration file does not exist")

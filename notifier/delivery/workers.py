@@ -28,10 +28,10 @@ from collections.abc import Callable
 
 from fedmsg_notify.backend import Backend, Destination, Item
 from fedmsg_notify.clock import Clock
-from fedmsg_notify.coalesce import Coalescer
-from fedmsg_notify.outbox import Outbox
+from fedmsg_notify.delivery.coalesce import Coalescer
+from fedmsg_notify.delivery.retry import Outcome, RetryPolicy
 from fedmsg_notify.pacing import TokenBucket
-from fedmsg_notify.retry import Outcome, RetryPolicy
+from fedmsg_notify.store.sqlite import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fedmsg_notify.bus import Publisher
-from fedmsg_notify.config import load_config
+from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.config.model import load_config
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, TypeVar
 
-from fedmsg_notify.redact import is_secret_key, redact
-from fedmsg_notify.yaml_positions import LocatedDocument, PathKey, Problem
+from fedmsg_notify.config.redact import is_secret_key, redact
+from fedmsg_notify.config.yaml_positions import LocatedDocument, PathKey, Problem
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)

@@ -48,13 +48,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from fedmsg_notify import sanitize
 from fedmsg_notify.backend import Backend
-from fedmsg_notify.config import shipped_templates_dir
-from fedmsg_notify.envelope import MalformedMessage, Message, split_topic
-from fedmsg_notify.meta import Meta
-from fedmsg_notify.rules import Route
-from fedmsg_notify.yaml_positions import Position, Problem
+from fedmsg_notify.bus.envelope import MalformedMessage, Message, split_topic
+from fedmsg_notify.config.model import shipped_templates_dir
+from fedmsg_notify.config.yaml_positions import Position, Problem
+from fedmsg_notify.matching.rules import Route
+from fedmsg_notify.meta.engine import Meta
+from fedmsg_notify.render import sanitize
 from jinja2 import meta as jinja_meta
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedmsg_notify.backend import Backend, DeliveryError, Item
-from fedmsg_notify.cli import load_cli_config
-from fedmsg_notify.config import Account, Config
-from fedmsg_notify.envelope import MalformedMessage, Message, canonical_json, decode_text
-from fedmsg_notify.meta import Meta
-from fedmsg_notify.rules import Route, RuleSet, Verdict
+from fedmsg_notify.bus.envelope import MalformedMessage, Message, canonical_json, decode_text
+from fedmsg_notify.config.model import Account, Config, load_cli_config
+from fedmsg_notify.matching.rules import Route, RuleSet, Verdict
+from fedmsg_notify.meta.engine import Meta
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,8 @@ class Explainer:
     """Everything ``explain`` needs, loaded once for all messages."""
 
     def __init__(self, config: Config) -> None:
-        from fedmsg_notify import meta as meta_module
-        from fedmsg_notify.render import Renderer
+        from fedmsg_notify.meta import engine as meta_module
+        from fedmsg_notify.render.renderer import Renderer
 
         self.config = config
         self.rules = RuleSet.load(config.rule_paths, config.accounts)

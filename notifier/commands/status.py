@@ -16,8 +16,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from fedmsg_notify.outbox import DestinationStatus, Outbox
-from fedmsg_notify.sanitize import one_line, plain_text
+from fedmsg_notify.render.sanitize import one_line, plain_text
+from fedmsg_notify.store.sqlite import DestinationStatus, Outbox
 
 
 def _when(timestamp: float | None, now: float) -> str:
@@ -79,7 +79,7 @@ def as_json(path: str, rows: list[DestinationStatus], counters: dict[str, int]) 
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from fedmsg_notify.cli import load_cli_config
+    from fedmsg_notify.config.model import load_cli_config
 
     config = load_cli_config(args.config)
     path = str(config.state_path)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from fedmsg_notify.backend import Backend, Destination
 from fedmsg_notify.clock import Clock
-from fedmsg_notify.outbox import DigestEntry, DigestGroup, Outbox
+from fedmsg_notify.store.sqlite import DigestEntry, DigestGroup, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -54,9 +54,9 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from fedmsg_notify.envelope import KNOWN_ENVS, Message
-from fedmsg_notify.validation import StrictModel, validate
-from fedmsg_notify.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
+from fedmsg_notify.bus.envelope import KNOWN_ENVS, Message
+from fedmsg_notify.config.validation import StrictModel, validate
+from fedmsg_notify.config.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
 from jinja2 import ChainableUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field

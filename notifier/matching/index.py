@@ -4,7 +4,7 @@ Old FMN tested every rule of every user against every message and took seconds p
 message. Here each rule is filed under what it requires — an exact topic, a
 dot-aligned topic prefix or suffix, a service, a username, an agent or a package —
 using the most selective requirement its conditions give (see
-:meth:`fedmsg_notify.match.Condition.requirement`). For a message we probe the
+:meth:`fedmsg_notify.matching.match.Condition.requirement`). For a message we probe the
 index with the few keys the message carries and evaluate only those candidates plus
 the rules nothing could index (``not:``-only rules, globs with wildcards at both
 ends, ``match: {}``). The result equals brute-force evaluation; a property test
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.match import Condition, field_key, parse_path, resolve
-from fedmsg_notify.meta import Meta
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.matching.match import Condition, field_key, parse_path, resolve
+from fedmsg_notify.meta.engine import Meta
 
 KINDS = ("topic", "tprefix", "tsuffix", "service", "user", "agent", "package", "field")
 

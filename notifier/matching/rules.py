@@ -20,9 +20,11 @@ from typing import Any, Final
 import re2
 import yaml
 from fedmsg_notify.backend import Destination
-from fedmsg_notify.envelope import Message
-from fedmsg_notify.index import RuleIndex
-from fedmsg_notify.match import (
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.config.validation import did_you_mean, validate
+from fedmsg_notify.config.yaml_positions import LocatedDocument, PathKey, Position, Problem, ProblemsError, load_located
+from fedmsg_notify.matching.index import RuleIndex
+from fedmsg_notify.matching.match import (
     FIELD_OPS,
     Agent,
     All,
@@ -39,9 +41,7 @@ from fedmsg_notify.match import (
     Users,
     glob,
 )
-from fedmsg_notify.meta import Meta
-from fedmsg_notify.validation import did_you_mean, validate
-from fedmsg_notify.yaml_positions import LocatedDocument, PathKey, Position, Problem, ProblemsError, load_located
+from fedmsg_notify.meta.engine import Meta
 
 log = logging.getLogger(__name__)
 

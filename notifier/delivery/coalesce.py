@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedmsg_notify.backend import Backend, Destination, Item
-from fedmsg_notify.outbox import Outbox
 from fedmsg_notify.pacing import TokenBucket
-from fedmsg_notify.sanitize import finish_parts
+from fedmsg_notify.render.sanitize import finish_parts
+from fedmsg_notify.store.sqlite import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Stage 1, the bus: subscribing, the envelope and its limits, signatures, fedmsg.d import."""

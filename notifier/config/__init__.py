@@ -1,0 +1,1 @@
+"""Configuration: the config model and loader, YAML with positions, validation, secret redaction."""

@@ -1,0 +1,1 @@
+"""Stage 3, matching: rule files compiled to conditions, and the index that finds candidates."""

@@ -1,0 +1,1 @@
+"""The durable state the delivery stage reads and writes (SQLite by default)."""
