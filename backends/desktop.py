@@ -599,6 +599,13 @@ class DesktopBackend(Backend):
             caps = frozenset(str(cap) for cap in interface.GetCapabilities())
         except dbus.DBusException as exc:
             connection.close()
+            name = str(exc.get_dbus_name() or "")
+            if name.startswith("org.freedesktop.DBus.Error.Spawn.") or name == "org.freedesktop.DBus.Error.ServiceUnknown":
+                # A .service file exists but the server it names could not start (no display, say).
+                raise TemporaryFailure(
+                    f"no notification server on the session bus at {address} ({BUS_NAME} could not be started:"
+                    f" {_dbus_reason(exc)})"
+                ) from None
             raise TemporaryFailure(f"notification server on {address} did not answer: {_dbus_reason(exc)}") from None
         except TemporaryFailure:
             connection.close()

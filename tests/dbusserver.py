@@ -34,6 +34,22 @@ MOCK_INTERFACE = "org.freedesktop.DBus.Mock"
 FULL_CAPS = ("actions", "body", "body-markup", "body-hyperlinks", "icon-static", "persistence")
 
 
+SESSION_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <keep_umask/>
+  <listen>unix:tmpdir=/tmp</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+
 @dataclass(frozen=True)
 class Notified:
     """One ``Notify`` call as the server received it."""
@@ -56,8 +72,10 @@ class Notified:
 class SessionBus:
     """A private session bus at ``unix:path=<workdir>/bus``; startable, stoppable, restartable."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, servicedir: Path | None = None) -> None:
         self.workdir = workdir
+        # Where D-Bus looks for activatable services (.service files); none by default.
+        self.servicedir = servicedir
         self.socket = workdir / "bus"
         self.address = f"unix:path={self.socket}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -65,8 +83,14 @@ class SessionBus:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Our own child (not --fork): stop() reaps it at once, no zombie waits for init.
+        # A config of our own, without the standard service directories: a notification
+        # daemon installed on the host (dunst, say) must not be D-Bus-activated into our tests.
+        config = self.workdir / "session.conf"
+        services = f"  <servicedir>{self.servicedir}</servicedir>\n" if self.servicedir else ""
+        config.write_text(SESSION_CONFIG.replace("</busconfig>", services + "</busconfig>"), encoding="utf-8")
         self.process = subprocess.Popen(
-            ["dbus-daemon", "--session", "--nofork", "--nosyslog", f"--address={self.address}", "--print-address=1"],
+            ["dbus-daemon", f"--config-file={config}", "--nofork", "--nosyslog", f"--address={self.address}",
+             "--print-address=1"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
         )

@@ -23,7 +23,7 @@ from fedmsg_notify.backends.desktop import (
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.config.yaml_positions import ProblemsError
 
-from tests.dbusserver import NotificationServer, Notified, SessionBus
+from tests.dbusserver import BUS_NAME, NotificationServer, Notified, SessionBus
 
 BUILD = "http://koji.fedoraproject.org/koji/buildinfo?buildID="
 UPDATE = "https://bodhi.fedoraproject.org/updates/FEDORA-2026-0123456789"
@@ -243,6 +243,27 @@ async def test_no_bus_and_no_server_are_temporary_failures_that_say_which(
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS")
     assert session_bus_address({"XDG_RUNTIME_DIR": "/run/user/1000"}) == "unix:path=/run/user/1000/bus"
     assert session_bus_address({}) is None
+
+
+async def test_a_server_that_cannot_start_is_no_server_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_backend: Any
+) -> None:
+    """An installed notification daemon that D-Bus cannot start (no display at login) reads as no server."""
+    services = tmp_path / "services"
+    services.mkdir()
+    (services / "notify.service").write_text(
+        f"[D-BUS Service]\nName={BUS_NAME}\nExec=/bin/sh -c 'kill -TRAP $$'\n", encoding="utf-8"
+    )
+    with SessionBus(tmp_path / "bus", servicedir=services) as bus:
+        monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", bus.address)
+        backend = await make_backend()
+        with pytest.raises(TemporaryFailure, match=f"no notification server on the session bus at {bus.address} "
+                                                   rf"\({BUS_NAME} could not be started: .*signal"):
+            await backend.send(item("x"))
+        (services / "notify.service").unlink()
+        with NotificationServer(bus) as server:
+            await backend.send(item("now it shows"))
+            assert len(server.notifies()) == 1
 
 
 async def test_bus_restart_is_noticed_and_the_next_popup_reconnects(
