@@ -600,7 +600,7 @@ class DesktopBackend(Backend):
         except dbus.DBusException as exc:
             connection.close()
             name = str(exc.get_dbus_name() or "")
-            if name.startswith("org.freedesktop.DBus.Error.Spawn.") or name == "org.freedesktop.DBus.Error.ServiceUnknown":
+            if name.startswith("org.freedesktop.DBus.Error.Spawn.") or name.endswith(".Error.ServiceUnknown"):
                 # A .service file exists but the server it names could not start (no display, say).
                 raise TemporaryFailure(
                     f"no notification server on the session bus at {address} ({BUS_NAME} could not be started:"
