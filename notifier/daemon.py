@@ -35,12 +35,14 @@ from fedmsg_notify.config.model import Config, load_config
 from fedmsg_notify.config.yaml_positions import Position, Problem, ProblemsError
 from fedmsg_notify.delivery.coalesce import Coalescer
 from fedmsg_notify.delivery.digest import DigestScheduler, joined_parts
+from fedmsg_notify.delivery.guard import IntakeGuard
 from fedmsg_notify.delivery.intake import Pipeline, accept_batch
 from fedmsg_notify.delivery.retry import RetryPolicy
 from fedmsg_notify.delivery.workers import BackendHandle, DestinationWorker
 from fedmsg_notify.matching.rules import Route, Rule, RuleSet
 from fedmsg_notify.meta.engine import MetaEngine
 from fedmsg_notify.render.renderer import Renderer
+from fedmsg_notify.store.faults import BadStateFile, check_state_file
 from fedmsg_notify.store.sqlite import DigestEntry, Outbox
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class Daemon:
         self._saved_malformed: Counter[str] = Counter()
         self._saved_refused: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Intake pauses while the storage fails (disk full, read-only) and resumes by itself.
+        self.guard = IntakeGuard(self.clock, on_fault=self._free_space, on_resume=self._count_refused)
 
     # -- public --------------------------------------------------------------------------
 
@@ -165,8 +169,15 @@ class Daemon:
             worker.start()
         return worker
 
-    def accept(self, batch: Sequence[Message]) -> None:
-        """The intake stage for one bus batch: stored in one transaction, then workers woken."""
+    def accept(self, batch: Sequence[Message]) -> bool:
+        """The intake stage for one bus batch: stored in one transaction, then workers woken.
+
+        False if the storage refused the batch (full, read-only): nothing of it was stored,
+        and a bus that can redeliver (AMQP) should leave it on the broker.
+        """
+        return self.guard.run(self._store_batch, batch)
+
+    def _store_batch(self, batch: Sequence[Message]) -> None:
         assert self.store is not None
         if self.verifier is not None:
             # Forged, tampered and unsigned messages stop here (or go on marked unverified).
@@ -216,12 +227,27 @@ class Daemon:
     # -- internals -----------------------------------------------------------------------
 
     def _open_store(self) -> Outbox:
+        # Reported like a config error: the fix is the `state:` setting, its file or its directory.
+        where = self.config.state_where or Position(self.config.source, 1, 1)
         try:
+            # A damaged or foreign file is refused before anything writes to it.
+            check_state_file(self.config.state_path)
             return Outbox(self.config.state_path)
+        except BadStateFile as exc:
+            raise ProblemsError([Problem(where, f"state: {exc}")]) from exc
         except (OSError, sqlite3.Error) as exc:
-            # Reported like a config error: the fix is the `state:` setting or its directory.
-            where = Position(self.config.source, 1, 1)
             raise ProblemsError([Problem(where, f"state: cannot open {self.config.state_path}: {exc}")]) from exc
+
+    def _free_space(self, reason: str) -> None:
+        """Housekeeping on a storage fault: prune finished rows, which SQLite reuses for new ones."""
+        if self.store is not None and "full" in reason:
+            # Sent rows first: their rendered text is most of the file; the dedup log stays.
+            pruned = self.store.prune(self.clock.time(), keep_sent_rows=0)
+            log.info("%s: pruned %d finished row(s) to make room", reason, pruned)
+
+    def _count_refused(self, refused: int) -> None:
+        if refused and self.store is not None:
+            self.store.add_counters({"refused.storage": refused})
 
     def _reuse_handles(self, config: Config) -> tuple[dict[str, BackendHandle], list[BackendHandle]]:
         """Keep an account's running backend when its settings did not change (no IRC reconnect)."""
@@ -311,11 +337,15 @@ class Daemon:
         since_prune = 0.0
         while True:
             await asyncio.sleep(COUNTERS_EVERY)
-            self._save_counters()
             since_prune += COUNTERS_EVERY
-            if since_prune >= PRUNE_EVERY and self.store is not None:
-                since_prune = 0.0
-                self.store.prune(self.clock.time())
+            try:
+                self._save_counters()
+                if since_prune >= PRUNE_EVERY and self.store is not None:
+                    since_prune = 0.0
+                    self.store.prune(self.clock.time())
+            except Exception as exc:
+                # A full or read-only disk fails these too; they are tried again next round.
+                log.warning("housekeeping failed, trying again in %.0f s: %s", COUNTERS_EVERY, exc)
 
     def _save_counters(self) -> None:
         if self.subscriber is None or self.store is None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fedmsg_notify.render.sanitize import one_line, plain_text
+from fedmsg_notify.store.faults import storage_health
 from fedmsg_notify.store.sqlite import DestinationStatus, Outbox
 
 
@@ -44,8 +45,12 @@ def _inert(text: str) -> str:
     return one_line(plain_text(text))
 
 
-def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, int], now: float) -> str:
+def render_text(
+    path: str, rows: list[DestinationStatus], counters: dict[str, int], now: float, storage: str | None = None
+) -> str:
     lines = [f"state: {path}"]
+    if storage is not None:
+        lines.append(f"WARNING: {storage}: the daemon refuses new messages until it can write again")
     if not rows:
         lines.append("no deliveries recorded yet")
     for row in rows:
@@ -71,11 +76,15 @@ def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, in
     if refused:
         detail = ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()))
         lines.append(f"messages failing signature validation: {sum(refused.values())} ({detail})")
+    if counters.get("refused.storage"):
+        lines.append(f"messages refused while the storage failed: {counters['refused.storage']}")
     return "\n".join(lines)
 
 
-def as_json(path: str, rows: list[DestinationStatus], counters: dict[str, int]) -> dict[str, Any]:
-    return {"state": path, "destinations": [asdict(row) for row in rows], "counters": counters}
+def as_json(
+    path: str, rows: list[DestinationStatus], counters: dict[str, int], storage: str | None = None
+) -> dict[str, Any]:
+    return {"state": path, "storage": storage, "destinations": [asdict(row) for row in rows], "counters": counters}
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -97,8 +106,9 @@ def run_status(args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
+    storage = storage_health(config.state_path)
     if getattr(args, "json", False):
-        print(json.dumps(as_json(path, rows, counters), indent=2, sort_keys=True))
+        print(json.dumps(as_json(path, rows, counters, storage), indent=2, sort_keys=True))
     else:
-        print(render_text(path, rows, counters, now))
+        print(render_text(path, rows, counters, now, storage))
     return 0

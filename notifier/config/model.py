@@ -126,6 +126,8 @@ class Config:
     signatures: SignatureSettings = field(default_factory=SignatureSettings)
     max_json_depth: int = DEFAULT_MAX_DEPTH
     max_string_length: int = DEFAULT_MAX_STRING
+    # Where `state:` is written in the config (None: the default), for errors about the state.
+    state_where: Position | None = None
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -190,6 +192,7 @@ def config_from_document(doc: LocatedDocument) -> Config:
         signatures=signatures,
         max_json_depth=parsed.bus.max_json_depth,
         max_string_length=parsed.bus.max_string_length,
+        state_where=doc.where(("state",)) if parsed.state else None,
     )
 
 

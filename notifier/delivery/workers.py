@@ -31,11 +31,14 @@ from fedmsg_notify.clock import Clock
 from fedmsg_notify.delivery.coalesce import Coalescer
 from fedmsg_notify.delivery.retry import Outcome, RetryPolicy
 from fedmsg_notify.pacing import TokenBucket
+from fedmsg_notify.store.faults import storage_fault
 from fedmsg_notify.store.sqlite import Outbox
 
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 5.0
+# How often an outcome the storage refused to record (disk full) is tried again.
+RECORD_RETRY = 1.0
 
 
 class BackendHandle:
@@ -103,6 +106,9 @@ class DestinationWorker:
         # said "nothing queued" it stays False until _failed schedules one.
         self.may_have_retries = True
         self.task: asyncio.Task[None] | None = None
+        # Outcomes already known but not yet in the store (it refused the write): nothing
+        # more is sent until they are, so a sent row is never sent again because of it.
+        self.unrecorded: list[tuple[str, Callable[[], object]]] = []
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._supervise(), name=f"deliver {self.destination}")
@@ -127,9 +133,15 @@ class DestinationWorker:
             except Exception:
                 log.exception("delivery worker of %s crashed; restarting it in 5 s", self.destination)
                 await self.clock.wait(self.stopped, 5.0)
+        if self.unrecorded and not self._flush_unrecorded():
+            log.warning("%d outcome(s) for %s could not be recorded before stopping; those deliveries may be"
+                        " sent again after the restart", len(self.unrecorded), self.destination)
 
     async def run(self) -> None:
         while not self.stopped.is_set():
+            if self.unrecorded and not self._flush_unrecorded():
+                await self.clock.wait(self.stopped, RECORD_RETRY)
+                continue
             now = self.clock.time()
             if now < self.paused_until:
                 # The server failed temporarily: send nothing to it until the retry is due,
@@ -162,6 +174,8 @@ class DestinationWorker:
                 if self.stopped.is_set():
                     break
                 outcome = await self.deliver(current, item, attempts)
+                if self.unrecorded:
+                    break
                 if not outcome.sent and not outcome.permanent:
                     self.paused_until = self.clock.time() + outcome.delay
                     break
@@ -201,7 +215,8 @@ class DestinationWorker:
             return self._failed(item, attempts + 1, exc, handle.backend.retry_cap)
         else:
             # No await between the backend's success and this commit (see module docstring).
-            self.store.mark_sent(item, self.clock.time())
+            at = self.clock.time()
+            self._record(f"sent {item.msg_id}", lambda: self.store.mark_sent(item, at))
             return Outcome(sent=True)
         finally:
             handle.inflight -= 1
@@ -217,7 +232,7 @@ class DestinationWorker:
                 item.rule,
                 outcome.reason,
             )
-            self.store.mark_failed(item, attempts, outcome.reason, now)
+            self._record(f"failed {item.msg_id}", lambda: self.store.mark_failed(item, attempts, outcome.reason, now))
         else:
             log.warning(
                 "delivery of %s to %s failed (attempt %d), retrying in %.1f s: %s",
@@ -228,5 +243,32 @@ class DestinationWorker:
                 outcome.reason,
             )
             self.may_have_retries = True
-            self.store.mark_retry(item, attempts, now + outcome.delay, outcome.reason)
+            due = now + outcome.delay
+            self._record(f"retry {item.msg_id}", lambda: self.store.mark_retry(item, attempts, due, outcome.reason))
         return outcome
+
+    def _record(self, what: str, write: Callable[[], object]) -> None:
+        """Write an outcome to the store; if the storage refuses (full, read-only), keep it to write later."""
+        try:
+            write()
+        except Exception as exc:
+            reason = storage_fault(exc)
+            if reason is None:
+                raise
+            log.error("%s: could not record '%s' for %s (%s); sends to it wait until it can be",
+                      reason, what, self.destination, exc)
+            self.unrecorded.append((what, write))
+
+    def _flush_unrecorded(self) -> bool:
+        """Write the outcomes the storage refused before; True once all are in."""
+        while self.unrecorded:
+            what, write = self.unrecorded[0]
+            try:
+                write()
+            except Exception as exc:
+                if storage_fault(exc) is None:
+                    raise
+                return False
+            self.unrecorded.pop(0)
+            log.info("recorded '%s' for %s now that the storage accepts writes", what, self.destination)
+        return True

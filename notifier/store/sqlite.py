@@ -31,6 +31,7 @@ All methods are synchronous and short; the daemon calls them from its event loop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -284,23 +285,42 @@ class Outbox:
             # takes the write lock up front and two writers never deadlock on an upgrade.
             self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            # The schema, and every batch accepted from the bus, is on disk before we go on
+            # (FULL: the WAL is fsynced at commit); the workers' bookkeeping commits with
+            # NORMAL, which a crash of the machine can only roll back to "send again".
+            self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.row_factory = sqlite3.Row
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``durable``: fsynced at commit (what was accepted survives a power loss)."""
+        if self.db.in_transaction:
+            # Left open by a COMMIT the storage refused (full disk): start from a clean slate.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+        if durable:
+            self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # A failed COMMIT (disk full, I/O error) may leave the transaction open or already
+            # rolled back by SQLite; either way nothing of it is stored, and the caller hears why.
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        finally:
+            if durable and not self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("PRAGMA synchronous=NORMAL")
 
     # -- intake ---------------------------------------------------------------------
 
@@ -312,7 +332,7 @@ class Outbox:
         digests: set[Destination] = set()
         duplicates = 0
         first_id: int | None = None
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:
             for new in deliveries:
                 if not self._first_time(db, new.msg_id, new.destination, now):
                     duplicates += 1
