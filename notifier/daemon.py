@@ -27,6 +27,7 @@ from typing import Any
 
 from fedmsg_notify import systemd
 from fedmsg_notify.backend import Destination
+from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.signatures import make_verifier
 from fedmsg_notify.bus.zeromq import Subscriber
@@ -88,6 +89,7 @@ class Daemon:
         }
         self.store: Outbox | None = None
         self.subscriber: Subscriber | None = None
+        self.amqp: AmqpSubscriber | None = None
         self.workers: dict[str, DestinationWorker] = {}
         self.digests: DigestScheduler | None = None
         self.reloads = 0
@@ -121,7 +123,14 @@ class Daemon:
             max_string=self.config.max_string_length,
             receive_queue=self.config.receive_queue,
         )
-        consumer = asyncio.create_task(self._consume(), name="intake")
+        if self.config.amqp is not None:
+            self.amqp = AmqpSubscriber(
+                self.config.amqp,
+                max_bytes=self.config.max_message_bytes,
+                max_depth=self.config.max_json_depth,
+                max_string=self.config.max_string_length,
+            )
+        consumer = asyncio.create_task(self._consume_all(), name="intake")
         # Periodic chores end with the loop; they hold no work worth waiting for.
         background = [
             asyncio.create_task(self._watchdog(), name="watchdog"),
@@ -129,7 +138,8 @@ class Daemon:
         ]
         log.info(
             "listening on %s; state in %s; %d destination(s) with queued deliveries",
-            ", ".join(self.config.endpoints) or "(no endpoints)",
+            ", ".join([*self.config.endpoints, *([self.config.amqp.redacted_url] if self.config.amqp else [])])
+            or "(no endpoints)",
             self.config.state_path,
             len(self.workers),
         )
@@ -267,6 +277,30 @@ class Daemon:
                 # Not fatal: the destination's worker retries the start with backoff.
                 log.error("starting backend of account %s failed: %s", handle.backend.account_name, exc)
 
+    async def _consume_all(self) -> None:
+        consumers = [self._consume()]
+        if self.amqp is not None:
+            consumers.append(self._consume_amqp(self.amqp))
+        await asyncio.gather(*consumers)
+
+    async def _consume_amqp(self, amqp: AmqpSubscriber) -> None:
+        """AMQP intake: a batch is acknowledged to the broker only after :meth:`accept` returned.
+
+        ``accept`` returning means the batch's deliveries and digest entries are committed to
+        the store; if it raises (a storage fault) the batch goes back to the broker (nack with
+        requeue) and the error propagates, so nothing unstored is ever acknowledged.
+        """
+        batch: AmqpBatch
+        async for batch in amqp.batches():
+            try:
+                for start in range(0, len(batch.messages), INTAKE_SLICE):
+                    self.accept(batch.messages[start : start + INTAKE_SLICE])
+                    await asyncio.sleep(0)
+            except BaseException:
+                await batch.nack()
+                raise
+            await batch.ack()
+
     async def _consume(self) -> None:
         assert self.subscriber is not None
         async for batch in self.subscriber.batches():
@@ -321,6 +355,8 @@ class Daemon:
         if self.subscriber is None or self.store is None:
             return
         current = Counter(self.subscriber.malformed)
+        if self.amqp is not None:
+            current.update(self.amqp.malformed)
         delta = current - self._saved_malformed
         if delta:
             self.store.add_counters({f"malformed.{reason}": n for reason, n in delta.items()})
@@ -342,6 +378,8 @@ class Daemon:
             await consumer
         if self.subscriber is not None:
             self.subscriber.close()
+        if self.amqp is not None:
+            await self.amqp.close()
         if self.digests is not None:
             self.digests.stop()
         for worker in self.workers.values():

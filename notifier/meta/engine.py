@@ -57,6 +57,7 @@ from typing import Any
 from fedmsg_notify.bus.envelope import KNOWN_ENVS, Message
 from fedmsg_notify.config.validation import StrictModel, validate
 from fedmsg_notify.config.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
+from fedmsg_notify.meta.schema import schema_text
 from jinja2 import ChainableUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field
@@ -83,6 +84,9 @@ class Meta:
     agent: str | None
     usernames: tuple[str, ...]
     packages: tuple[str, ...]
+    # Where the metadata came from: "schema <name>" (a fedora-messaging schema package),
+    # "service" (a service file) or "generic"; `explain` shows it.
+    source: str = "service"
 
     def as_dict(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: that deep-copies recursively and cost ~10 µs per
@@ -95,6 +99,7 @@ class Meta:
             "agent": self.agent,
             "usernames": self.usernames,
             "packages": self.packages,
+            "source": self.source,
         }
 
 
@@ -642,6 +647,20 @@ class MetaEngine:
     def compute(self, message: Message) -> Meta:
         service_name, rest, subtopic = _split(message, self.services)
         body = message.body
+        if "headers" in message.envelope:
+            # fedora-messaging (AMQP): the schema package's own text when it is installed.
+            text = schema_text(message)
+            if text is not None:
+                return Meta(
+                    title=subtopic or message.topic,
+                    subtitle=text.summary,
+                    link=text.url,
+                    icon=text.icon or GENERIC_ICON,
+                    agent=text.agent,
+                    usernames=text.usernames,
+                    packages=text.packages,
+                    source=f"schema {text.schema}",
+                )
         service = self.services.get(service_name)
         if service is None:
             agent = generic_agent(body)
@@ -653,6 +672,7 @@ class MetaEngine:
                 agent=agent,
                 usernames=(agent,) if agent else (),
                 packages=(),
+                source="generic",
             )
         entry = service.select(rest)
         ctx: dict[str, Any] = {
