@@ -114,8 +114,8 @@ class RabbitMQ:
 
     def start(self, timeout: float = 60.0) -> None:
         self._write_files()
-        log = (self.workdir / "server.out").open("ab")
-        self.process = subprocess.Popen([SERVER], env=self._env(), stdout=log, stderr=subprocess.STDOUT)
+        with (self.workdir / "server.out").open("ab") as log:
+            self.process = subprocess.Popen([SERVER], env=self._env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while self.ctl("await_startup", timeout=timeout).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,224 @@
+"""The AMQP bus against a real RabbitMQ node, with the real fedora-messaging as the outside publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fedmsg_notify.bus.amqp import AmqpPublisher, decode_amqp
+from fedmsg_notify.bus.envelope import MalformedMessage
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.daemon import Daemon
+from fedmsg_notify.testing import RecordingBackend
+
+from tests.rabbitmqserver import RabbitMQ, fedora_messaging_config, fedora_publish, rabbitmq_node
+
+pytest.importorskip("aio_pika")
+RECORDER = "fedmsg_notify.testing:RecordingBackend"
+ALL = """
+rules:
+  - name: everything
+    match: {}
+    deliver:
+      - {via: rec}
+"""
+
+
+def bodhi_comment(alias: str = "FEDORA-2026-abc123", user: str = "ralph") -> dict[str, Any]:
+    return {
+        "comment": {
+            "karma": 1,
+            "text": "works for me",
+            "timestamp": "2026-12-02 10:00:00",
+            "user": {"name": user},
+            "update": {
+                "alias": alias,
+                "builds": [{"nvr": "python-foo-1.0-1.fc41"}],
+                "user": {"name": "bowlofeggs"},
+                "status": "testing",
+                "request": None,
+                "release": {"name": "F41", "branch": "f41", "id_prefix": "FEDORA", "dist_tag": "f41"},
+                "title": "python-foo-1.0-1.fc41",
+            },
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[RabbitMQ]:
+    with rabbitmq_node() as node:
+        yield node
+
+
+def amqp_config(tmp: Path, amqp: str, rules: str = ALL, account: str = "") -> Path:
+    (tmp / "rules").mkdir(exist_ok=True)
+    (tmp / "rules" / "a.yaml").write_text(rules)
+    path = tmp / "config.yaml"
+    path.write_text(
+        f"bus:\n  amqp: {amqp}\n"
+        f"accounts:\n  rec: {{backend: '{RECORDER}'{', ' + account if account else ''}}}\n"
+        f"rules: [{tmp / 'rules'}]\nstate: {tmp / 'state.db'}\n"
+    )
+    return path
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Callable[[Path], Awaitable[Daemon]]]:
+    running: list[tuple[Daemon, asyncio.Task[None]]] = []
+
+    async def starter(config: Path) -> Daemon:
+        daemon = Daemon(load_config(config))
+        ready = asyncio.Event()
+        task = asyncio.create_task(daemon.run(ready))
+        await asyncio.wait_for(ready.wait(), 20)
+        running.append((daemon, task))
+        return daemon
+
+    yield starter
+    for daemon, task in running:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def recorder(daemon: Daemon) -> RecordingBackend:
+    backend = daemon.handles["rec"].backend
+    assert isinstance(backend, RecordingBackend)
+    return backend
+
+
+async def connected(daemon: Daemon) -> None:
+    await until(lambda: daemon.amqp is not None and daemon.amqp.connected, 30, "the AMQP consumer")
+
+
+async def test_bodhi_comment_published_by_fedora_messaging_gets_the_schemas_summary_and_url(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """``fedora_messaging.api.publish`` of a bodhi UpdateCommentV1: the schema's own text reaches the destination."""
+    queue = f"q-{uuid.uuid4()}"
+    daemon = await start(amqp_config(tmp_path, f"{{url: '{broker.url}', queue: '{queue}'}}"))
+    await connected(daemon)
+    fm = fedora_messaging_config(tmp_path, broker.url)
+    await asyncio.to_thread(
+        fedora_publish,
+        fm,
+        [
+            {"schema": "bodhi.update.comment.v1", "topic": "org.fedoraproject.prod.bodhi.update.comment",
+             "body": bodhi_comment()},
+            # base.message: no schema package describes it, so the generic sentence is used.
+            {"schema": "base.message", "topic": "org.fedoraproject.prod.mystery.thing.happened",
+             "body": {"agent": "alice", "what": "x"}},
+        ],
+    )
+    rec = recorder(daemon)
+    await until(lambda: len(rec.items) >= 2, 30, "both deliveries")
+    by_topic = {item.topic: item for item in rec.items}
+    bodhi = by_topic["org.fedoraproject.prod.bodhi.update.comment"]
+    assert bodhi.meta["subtitle"] == "ralph commented on update python-foo-1.0-1.fc41 (karma: 1)"
+    assert bodhi.meta["link"] == "https://bodhi.fedoraproject.org/updates/FEDORA-2026-abc123"
+    assert bodhi.meta["source"] == "schema bodhi.update.comment.v1"
+    assert bodhi.meta["usernames"] == ["bowlofeggs", "ralph"] or tuple(bodhi.meta["usernames"]) == ("bowlofeggs", "ralph")
+    assert list(bodhi.meta["packages"]) == ["python-foo"]
+    assert "ralph commented on update python-foo-1.0-1.fc41" in bodhi.rendered["text"]
+    mystery = by_topic["org.fedoraproject.prod.mystery.thing.happened"]
+    assert mystery.meta["source"] == "generic"
+    assert mystery.meta["subtitle"]
+    assert "Traceback" not in mystery.rendered["text"]
+    await until(lambda: broker.queue_counts(queue) == (0, 0), 20, "the queue to drain")
+
+
+async def test_hostile_messages_are_rejected_counted_and_the_daemon_keeps_running(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """Non-JSON, huge, wrong content type and a schema header with a line break: rejected (not requeued)."""
+    queue = f"q-{uuid.uuid4()}"
+    daemon = await start(amqp_config(tmp_path, f"{{url: '{broker.url}', queue: '{queue}'}}"))
+    await connected(daemon)
+    publisher = AmqpPublisher(broker.url)
+    topic = "org.fedoraproject.prod.mystery.thing"
+    try:
+        await publisher.publish(topic, None, raw_body=b"this is not json {")
+        await publisher.publish(topic, None, raw_body=b'{"x": "' + b"a" * 1_100_000 + b'"}')
+        await publisher.publish(topic, {"a": 1}, content_type="text/plain")
+        await publisher.publish(topic, {"a": 1}, headers={"fedora_messaging_schema": "bodhi\r\nX-Evil: 1"})
+        await publisher.publish(topic, {"a": 1}, headers={"fedora_messaging_severity": "loud"})
+        good = await publisher.publish(topic, {"agent": "alice"})
+    finally:
+        await publisher.close()
+    rec = recorder(daemon)
+    await until(lambda: len(rec.items) >= 1, 30, "the good message")
+    assert [item.msg_id for item in rec.items] == [good]
+    assert daemon.amqp is not None
+    assert dict(daemon.amqp.malformed) == {
+        "invalid-json": 1,
+        "too-large": 1,
+        "bad-content-type": 1,
+        "bad-schema": 1,
+        "bad-severity": 1,
+    }
+    # Rejected without requeue: nothing comes back, nothing waits.
+    await until(lambda: broker.queue_counts(queue) == (0, 0), 20, "the queue to drain")
+
+
+async def test_broker_restart_mid_stream_reconnects_and_loses_nothing(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """The broker goes away and comes back: the daemon reconnects by itself; the durable queue keeps the rest."""
+    queue = f"q-{uuid.uuid4()}"
+    daemon = await start(amqp_config(tmp_path, f"{{url: '{broker.url}', queue: '{queue}'}}"))
+    await connected(daemon)
+    assert daemon.amqp is not None
+    topic = "org.fedoraproject.prod.mystery.thing"
+    publisher = AmqpPublisher(broker.url)
+    ids = [await publisher.publish(topic, {"n": n}) for n in range(50)]
+    await publisher.close()
+    rec = recorder(daemon)
+    await until(lambda: len(rec.items) >= 50, 30, "the first 50")
+    await asyncio.to_thread(broker.stop)
+    await until(lambda: daemon.amqp is not None and not daemon.amqp.connected, 30, "the daemon to see the loss")
+    await asyncio.to_thread(broker.start)
+    # Published while the daemon may still be reconnecting: the durable queue holds them.
+    publisher = AmqpPublisher(broker.url)
+    ids += [await publisher.publish(topic, {"n": n}) for n in range(50, 100)]
+    await publisher.close()
+    await until(lambda: len({item.msg_id for item in rec.items}) >= 100, 60, "all 100 after the restart")
+    assert {item.msg_id for item in rec.items} == set(ids)
+    assert daemon.amqp.connects >= 2
+    await until(lambda: broker.queue_counts(queue) == (0, 0), 20, "the queue to drain")
+
+
+def test_wire_format_maps_to_the_envelope() -> None:
+    """Routing key = topic, body = msg, message_id = msg_id, sent-at = timestamp, headers kept."""
+    message = decode_amqp(
+        "org.fedoraproject.prod.bodhi.update.comment",
+        json.dumps(bodhi_comment()).encode(),
+        message_id="abc-1",
+        headers={"fedora_messaging_schema": "bodhi.update.comment.v1", "sent-at": "2026-12-02T10:00:00+00:00",
+                 "fedora_messaging_severity": 30, "fedora_messaging_user_ralph": True},
+        content_type="application/json",
+        received=5.0,
+    )
+    assert message.topic == "org.fedoraproject.prod.bodhi.update.comment"
+    assert message.msg_id == "abc-1"
+    assert message.body == bodhi_comment()
+    assert message.timestamp == 1796205600.0
+    assert message.envelope["severity"] == 30
+    assert message.envelope["headers"]["fedora_messaging_user_ralph"] is True
+    with pytest.raises(MalformedMessage) as info:
+        decode_amqp("t.prod.x", b"[1]" * 10, message_id=None, headers={}, received=0.0)
+    assert info.value.reason == "invalid-json"
+    with pytest.raises(MalformedMessage) as info:
+        decode_amqp("t.prod.x", b"{}", message_id=None, headers={}, received=0.0)
+    assert info.value.reason == "bad-msg-id"
