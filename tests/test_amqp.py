@@ -222,3 +222,91 @@ def test_wire_format_maps_to_the_envelope() -> None:
     with pytest.raises(MalformedMessage) as info:
         decode_amqp("t.prod.x", b"{}", message_id=None, headers={}, received=0.0)
     assert info.value.reason == "bad-msg-id"
+
+
+TWO = """
+rules:
+  - name: everything
+    match: {}
+    deliver:
+      - {via: one, to: "#a"}
+      - {via: two}
+"""
+
+
+def test_kill_9_mid_flood_then_restart_delivers_all_1000_and_drains_the_queue(broker: RabbitMQ, tmp_path: Path) -> None:
+    """At-least-once end to end: what was received but not committed at the kill is redelivered by the broker.
+
+    Acks follow the store's commit, so a kill -9 leaves the uncommitted messages unacked;
+    the broker redelivers them to the restarted daemon, and dedup by message id hides
+    the repeats already stored. At most one send per destination can repeat (the one in
+    flight at the kill).
+    """
+    from fedmsg_notify.testing import read_recording
+
+    from tests.test_lifecycle import DaemonProcess, NotifySocket, accepted_count, until
+
+    queue = f"q-{uuid.uuid4()}"
+    rec_one, rec_two = tmp_path / "one.log", tmp_path / "two.log"
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.yaml").write_text(TWO)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"bus:\n  amqp: {{url: '{broker.url}', queue: '{queue}', prefetch: 50}}\n"
+        "accounts:\n"
+        f"  one: {{backend: '{RECORDER}', path: '{rec_one}', delay: 0.002}}\n"
+        f"  two: {{backend: '{RECORDER}', path: '{rec_two}', delay: 0.003}}\n"
+        f"rules: [{tmp_path / 'rules'}]\nstate: {tmp_path / 'state.db'}\n"
+    )
+    notify = NotifySocket()
+    log = tmp_path / "daemon.log"
+    daemons: list[DaemonProcess] = []
+    ids: list[str] = []
+
+    async def flood() -> None:
+        publisher = AmqpPublisher(broker.url)
+        try:
+            for n in range(1000):
+                ids.append(await publisher.publish("org.fedoraproject.prod.mystery.flood", {"n": n}))
+                if n % 50 == 49:
+                    await asyncio.sleep(0.02)
+        finally:
+            await publisher.close()
+
+    def delivered() -> int:
+        return len(read_recording(rec_one)) + len(read_recording(rec_two))
+
+    import threading
+
+    try:
+        daemons.append(DaemonProcess(config, notify, log))
+        until(lambda: broker.queue_counts(queue)[0] >= 0, 30, "the daemon's queue")
+        sender = threading.Thread(target=lambda: asyncio.run(flood()))
+        sender.start()
+        until(lambda: accepted_count(tmp_path) >= 400 and delivered() >= 1, 60, "intake and deliveries under way")
+        daemons[0].proc.kill()
+        assert daemons[0].wait() == -9
+        at_kill = delivered()
+        print(f"at the kill: {accepted_count(tmp_path)} pairs accepted, {at_kill} delivered, {len(ids)} published")
+        assert at_kill < 2000, "the kill came after the last delivery; the test proves nothing"
+        sender.join(120)
+        assert len(ids) == 1000
+        daemons.append(DaemonProcess(config, notify, log))
+
+        def complete() -> bool:
+            return len(read_recording(rec_one)) >= 1000 and len(read_recording(rec_two)) >= 1000
+
+        until(complete, 120, "every delivery after the restart")
+        until(lambda: broker.queue_counts(queue) == (0, 0), 30, "the queue to drain to 0 unacked")
+        for path, dest in ((rec_one, "one:#a"), (rec_two, "two")):
+            lines = read_recording(path)
+            per_msg = {msg_id for _, msg_id, _ in lines}
+            assert per_msg == set(ids), f"{dest}: missing {len(set(ids) - per_msg)}"
+            assert len(lines) == 1000, f"{dest}: {len(lines) - 1000} duplicate deliveries"
+            assert len(read_recording(Path(str(path) + ".repeats"))) <= 1
+        daemons[1].signal(15)
+        assert daemons[1].wait() == 0
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+        notify.close()
