@@ -310,3 +310,86 @@ def test_kill_9_mid_flood_then_restart_delivers_all_1000_and_drains_the_queue(br
         for daemon in daemons:
             daemon.kill()
         notify.close()
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RabbitMQ, Any, Path]]:
+    import trustme
+
+    ca = trustme.CA()
+    tmp = tmp_path_factory.mktemp("tls")
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    server.cert_chain_pems[0].write_to_path(str(tmp / "server.pem"))
+    server.private_key_pem.write_to_path(str(tmp / "server.key"))
+    with rabbitmq_node(tls=(tmp / "ca.pem", tmp / "server.pem", tmp / "server.key")) as node:
+        yield node, ca, tmp
+
+
+def client_files(ca: Any, tmp: Path, name: str) -> tuple[Path, Path]:
+    client = ca.issue_cert(f"{name}@fedmsg-notify.test")
+    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
+    client.cert_chain_pems[0].write_to_path(str(cert))
+    client.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
+async def test_tls_with_a_client_certificate_delivers(
+    tls_broker: tuple[RabbitMQ, Any, Path], tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """amqps:// with the CA and a client certificate the broker requires (as Fedora's public broker does)."""
+    broker, ca, files = tls_broker
+    cert, key = client_files(ca, tmp_path, "good")
+    amqp = f"{{url: '{broker.tls_url}', ca_cert: '{files / 'ca.pem'}', cert: '{cert}', key: '{key}'}}"
+    daemon = await start(amqp_config(tmp_path, amqp))
+    await connected(daemon)
+    publisher = AmqpPublisher(broker.url)
+    msg_id = await publisher.publish("org.fedoraproject.prod.mystery.tls", {"agent": "alice"})
+    await publisher.close()
+    rec = recorder(daemon)
+    await until(lambda: len(rec.items) >= 1, 30, "the message over TLS")
+    assert rec.items[0].msg_id == msg_id
+
+
+async def test_tls_with_a_certificate_of_another_ca_is_a_clear_error(
+    tls_broker: tuple[RabbitMQ, Any, Path], tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker refuses a client certificate it does not trust: logged as a connection error, retried, no crash."""
+    import trustme
+
+    broker, _ca, files = tls_broker
+    cert, key = client_files(trustme.CA(), tmp_path, "stranger")
+    amqp = f"{{url: '{broker.tls_url}', ca_cert: '{files / 'ca.pem'}', cert: '{cert}', key: '{key}'}}"
+    with caplog.at_level("ERROR", logger="fedmsg_notify.bus.amqp"):
+        daemon = await start(amqp_config(tmp_path, amqp))
+        assert daemon.amqp is not None
+        await until(lambda: daemon.amqp is not None and daemon.amqp.last_error is not None, 30, "the TLS refusal")
+    assert not daemon.amqp.connected
+    assert "guest:guest" not in caplog.text
+    assert any("cannot connect to amqps://guest:***@localhost" in r.getMessage() for r in caplog.records), caplog.text
+    assert "does not accept the client certificate bus.amqp.cert" in (daemon.amqp.last_error or "")
+
+
+def test_config_with_only_amqp_is_valid_and_bad_amqp_settings_name_file_and_line(tmp_path: Path) -> None:
+    from fedmsg_notify.config.yaml_positions import ProblemsError
+
+    good = amqp_config(tmp_path, "{url: 'amqps://fedora:@rabbitmq.fedoraproject.org/%2Fpublic_pubsub', queue: abc}")
+    config = load_config(good)
+    assert config.endpoints == ()
+    assert config.amqp is not None and config.amqp.queue == "abc" and config.amqp.routing_keys == ("#",)
+    assert config.amqp.exchange == "amq.topic" and config.amqp.prefetch == 100
+    cases = {
+        "{url: 'http://example.org'}": "is not an AMQP address",
+        "{url: 'amqps://h/', cert: /nonexistent/cert.pem}": "cannot read /nonexistent/cert.pem",
+        f"{{url: 'amqps://h/', key: '{good}'}}": "'key' needs 'cert'",
+        "{url: 'amqp://h/', prefech: 5}": "prefech",
+        "{url: 'amqp://h/', prefetch: 0}": "prefetch",
+    }
+    for amqp, expected in cases.items():
+        path = amqp_config(tmp_path, amqp)
+        with pytest.raises(ProblemsError) as info:
+            load_config(path)
+        text = "\n".join(str(problem) for problem in info.value.problems)
+        assert expected in text, text
+        assert f"{path}:2:" in text, text

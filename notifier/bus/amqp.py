@@ -279,8 +279,13 @@ class AmqpSubscriber:
             try:
                 connection = await self._setup()
             except (TimeoutError, OSError, AMQPError, ssl.SSLError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("AMQP: cannot connect to %s (%s); retrying in %.1f s", self.settings.redacted_url, exc, delay)
+                self.last_error = f"{type(exc).__name__}: {exc}{self._hint(exc)}"
+                log.error(
+                    "AMQP: cannot connect to %s (%s); retrying in %.1f s",
+                    self.settings.redacted_url,
+                    self.last_error,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_max)
                 continue
@@ -294,6 +299,21 @@ class AmqpSubscriber:
             self.connected = False
             self._connection = None
             log.warning("AMQP: connection to %s lost; reconnecting", self.settings.redacted_url)
+
+    def _hint(self, exc: BaseException) -> str:
+        """What a bare TLS failure most likely means, so the log line says what to fix."""
+        text = f"{type(exc).__name__} {exc}".lower()
+        if not self.settings.url.startswith("amqps://"):
+            return ""
+        if "certificate verify failed" in text:
+            return " — the broker's certificate is not signed by bus.amqp.ca_cert"
+        if any(word in text for word in ("reset", "eof", "certificate", "alert", "unknown ca")):
+            if self.settings.cert is None:
+                return (
+                    " — the broker closed the TLS connection; does it require a client certificate (bus.amqp.cert/key)?"
+                )
+            return " — the broker closed the TLS connection: it does not accept the client certificate bus.amqp.cert"
+        return ""
 
     @staticmethod
     async def _closed(connection: aio_pika.abc.AbstractConnection) -> None:
