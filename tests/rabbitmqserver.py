@@ -148,6 +148,15 @@ class RabbitMQ:
                 return int(fields[1]), int(fields[2])
         raise KeyError(f"no queue {queue!r} in {out!r}")
 
+    def bound_queues(self, exchange: str = "amq.topic") -> set[str]:
+        """Queues bound to ``exchange`` (a consumer is ready once its queue shows up here)."""
+        out = self.ctl("list_bindings", "source_name", "destination_name").stdout
+        return {
+            fields[1]
+            for fields in (line.split() for line in out.splitlines())
+            if len(fields) == 2 and fields[0] == exchange
+        }
+
     def close(self) -> None:
         self.stop()
         # The node's processes (epmd aside) are gone; the data dir is ours to remove.
@@ -195,7 +204,7 @@ def fedora_messaging_config(tmp: Path, url: str, *, queue: str | None = None) ->
     path.write_text(
         f'amqp_url = "{url}"\npublish_exchange = "amq.topic"\npassive_declares = false\n'
         f'callback = "fedora_messaging.example:printer"\n'
-        f"[client_properties]\napp = \"fedmsg-notify tests\"\n{queues}"
+        f'[client_properties]\napp = "fedmsg-notify tests"\n{queues}'
         "[log_config]\nversion = 1\ndisable_existing_loggers = true\n"
         '[log_config.handlers.console]\nclass = "logging.StreamHandler"\nstream = "ext://sys.stderr"\n'
         '[log_config.root]\nlevel = "WARNING"\nhandlers = ["console"]\n'

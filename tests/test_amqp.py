@@ -393,3 +393,83 @@ def test_config_with_only_amqp_is_valid_and_bad_amqp_settings_name_file_and_line
         text = "\n".join(str(problem) for problem in info.value.problems)
         assert expected in text, text
         assert f"{path}:2:" in text, text
+
+
+def _wait_for_text(path: Path, text: str, proc: Any, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = path.read_text(errors="replace") if path.exists() else ""
+        if text in out:
+            return out
+        assert proc.poll() is None, f"the process ended: {out[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in {out[-3000:]!r}"
+        time.sleep(0.1)
+
+
+def _cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "fedmsg_notify", *args]
+
+
+def test_our_publish_is_read_by_fedora_messaging_consume_with_the_right_schema(broker: RabbitMQ, tmp_path: Path) -> None:
+    """``fedmsg-notify publish --amqp`` emits the fedora-messaging wire format: its consumer builds the schema class."""
+    import os
+    import shutil
+    import subprocess
+
+    queue = f"q-{uuid.uuid4()}"
+    fm = fedora_messaging_config(tmp_path, broker.url, queue=queue)
+    consumer_bin = shutil.which("fedora-messaging", path=os.path.dirname(__import__("sys").executable))
+    assert consumer_bin is not None
+    out = tmp_path / "consume.out"
+    with out.open("wb") as sink:
+        consumer = subprocess.Popen(
+            [consumer_bin, "--conf", str(fm), "consume", "--callback", "fedora_messaging.example:printer"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while queue not in broker.bound_queues():
+            assert consumer.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, "fedora-messaging consume never bound its queue"
+            time.sleep(0.2)
+        done = subprocess.run(
+            _cli("-v", "publish", "--amqp", broker.url, "--topic", "org.fedoraproject.prod.bodhi.update.comment",
+                 "--schema", "bodhi.update.comment.v1", "--msg", json.dumps(bodhi_comment(user="carol"))),
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        # UpdateCommentV1.__str__: only the bodhi schema class, not the base one, writes this.
+        text = _wait_for_text(out, "carol commented on bowlofeggs's update FEDORA-2026-abc123 with karma 1", consumer)
+        assert "works for me" in text
+    finally:
+        consumer.terminate()
+        consumer.wait(30)
+
+
+def test_tail_on_amqp_prints_the_schemas_summary(broker: RabbitMQ, tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "tail.out"
+    before = broker.bound_queues()
+    with out.open("wb") as sink:
+        tail = subprocess.Popen(_cli("tail", "--amqp", broker.url), stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not broker.bound_queues() - before:
+            assert tail.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, "tail never declared its queue"
+            time.sleep(0.2)
+        fedora_publish(
+            fedora_messaging_config(tmp_path, broker.url),
+            [{"schema": "bodhi.update.comment.v1", "topic": "org.fedoraproject.prod.bodhi.update.comment",
+              "body": bodhi_comment(user="dave")}],
+        )
+        text = _wait_for_text(out, "dave commented on update python-foo-1.0-1.fc41 (karma: 1)", tail)
+        assert "https://bodhi.fedoraproject.org/updates/FEDORA-2026-abc123" in text
+    finally:
+        tail.terminate()
+        tail.wait(30)
