@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sqlite3
@@ -27,7 +28,7 @@ from typing import Any
 
 from fedmsg_notify import systemd
 from fedmsg_notify.backend import Destination
-from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber
+from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber, amqp_state_path
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.signatures import make_verifier
 from fedmsg_notify.bus.zeromq import Subscriber
@@ -130,6 +131,8 @@ class Daemon:
                 max_depth=self.config.max_json_depth,
                 max_string=self.config.max_string_length,
             )
+            self.amqp.on_change = self._save_amqp_state
+            self._save_amqp_state()
         consumer = asyncio.create_task(self._consume_all(), name="intake")
         # Periodic chores end with the loop; they hold no work worth waiting for.
         background = [
@@ -351,7 +354,20 @@ class Daemon:
                 since_prune = 0.0
                 self.store.prune(self.clock.time())
 
+    def _save_amqp_state(self) -> None:
+        """The AMQP connection's state beside the state database, for ``status`` (written atomically)."""
+        if self.amqp is None:
+            return
+        path = amqp_state_path(self.config.state_path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.amqp.snapshot(), sort_keys=True), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+
     def _save_counters(self) -> None:
+        self._save_amqp_state()
         if self.subscriber is None or self.store is None:
             return
         current = Counter(self.subscriber.malformed)

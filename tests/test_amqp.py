@@ -473,3 +473,30 @@ def test_tail_on_amqp_prints_the_schemas_summary(broker: RabbitMQ, tmp_path: Pat
     finally:
         tail.terminate()
         tail.wait(30)
+
+
+async def test_status_shows_the_broker_connection_queue_and_unacked_count(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from fedmsg_notify.commands.status import run_status
+
+    queue = f"q-{uuid.uuid4()}"
+    config = amqp_config(tmp_path, f"{{url: '{broker.url}', queue: '{queue}'}}")
+    daemon = await start(config)
+    await connected(daemon)
+    publisher = AmqpPublisher(broker.url)
+    await publisher.publish("org.fedoraproject.prod.mystery.thing", {"agent": "alice"})
+    await publisher.close()
+    await until(lambda: len(recorder(daemon).items) >= 1, 30, "the delivery")
+    daemon._save_counters()
+    assert run_status(argparse.Namespace(config=str(config), json=False)) == 0
+    text = capsys.readouterr().out
+    assert "AMQP broker amqp://guest:***@127.0.0.1:" in text
+    assert "guest:guest" not in text
+    assert ": connected since" in text
+    assert f"queue {queue} (durable): 0 unacked, 1 received, 1 connection(s) made" in text
+    assert run_status(argparse.Namespace(config=str(config), json=True)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["amqp"]["connected"] is True and data["amqp"]["queue"] == queue

@@ -28,7 +28,7 @@ import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,11 @@ SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 MAX_HEADERS = 1000
 MAX_HEADER_VALUE = 4096
 JSON_TYPES = ("application/json", "application/json; charset=utf-8", "")
+
+
+def amqp_state_path(state_path: Path) -> Path:
+    """Where the daemon records its AMQP connection state for ``status``: beside the state database."""
+    return state_path.with_name(state_path.name + ".amqp.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +245,9 @@ class AmqpSubscriber:
         self.unacked = 0
         self.queue_name: str | None = settings.queue
         self.last_error: str | None = None
+        self.since: float | None = None
+        # Called on every connect and loss (the daemon writes the status file `status` reads).
+        self.on_change: Callable[[], None] | None = None
         self._incoming: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -293,12 +301,38 @@ class AmqpSubscriber:
             self.connected = True
             self.connects += 1
             self.last_error = None
+            self.since = time.time()
+            self._changed()
             delay = self.settings.reconnect_min
             log.info("AMQP: consuming %s from %s", self.queue_name, self.settings.redacted_url)
             await self._closed(connection)
             self.connected = False
             self._connection = None
+            self.since = time.time()
+            self._changed()
             log.warning("AMQP: connection to %s lost; reconnecting", self.settings.redacted_url)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("AMQP: recording the connection state failed")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The connection's state for ``status``: broker (password masked), queue, unacked, errors."""
+        return {
+            "broker": self.settings.redacted_url,
+            "queue": self.queue_name or "(exclusive, not declared yet)",
+            "durable": self.settings.queue is not None,
+            "connected": self.connected,
+            "since": self.since,
+            "connects": self.connects,
+            "unacked": self.unacked,
+            "received": self.received,
+            "last_error": self.last_error,
+            "updated": time.time(),
+        }
 
     def _hint(self, exc: BaseException) -> str:
         """What a bare TLS failure most likely means, so the log line says what to fix."""
