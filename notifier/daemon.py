@@ -209,7 +209,7 @@ class Daemon:
             log.exception("reload refused; still running the previous configuration")
             systemd.ready()
             return False
-        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue"):
+        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue", "amqp"):
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
