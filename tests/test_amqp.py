@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.bus.amqp import AmqpPublisher, decode_amqp
+from fedmsg_notify.bus.amqp import decode_amqp
+from fedmsg_notify.bus.amqp_publish import AmqpPublisher
 from fedmsg_notify.bus.envelope import MalformedMessage
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.testing import RecordingBackend
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.rabbitmqserver import RabbitMQ, fedora_messaging_config, fedora_publish, rabbitmq_node
 
@@ -500,3 +503,89 @@ async def test_status_shows_the_broker_connection_queue_and_unacked_count(
     assert run_status(argparse.Namespace(config=str(config), json=True)) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["amqp"]["connected"] is True and data["amqp"]["queue"] == queue
+
+
+async def test_a_schema_that_raises_on_the_body_falls_back_to_the_service_file(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """A bodhi schema header on a body the schema cannot read: the service file's sentence, no traceback."""
+    daemon = await start(amqp_config(tmp_path, f"{{url: '{broker.url}'}}"))
+    await connected(daemon)
+    publisher = AmqpPublisher(broker.url)
+    await publisher.publish(
+        "org.fedoraproject.prod.bodhi.update.comment",
+        {"comment": {"text": "no update here"}, "agent": "erin"},
+        schema="bodhi.update.comment.v1",
+    )
+    await publisher.close()
+    rec = recorder(daemon)
+    await until(lambda: len(rec.items) >= 1, 30, "the delivery")
+    item = rec.items[0]
+    assert item.meta["source"] == "service"
+    assert item.meta["subtitle"]
+    assert "Traceback" not in item.rendered["text"] and "Error" not in item.rendered["text"]
+
+
+async def test_a_storage_fault_hands_the_batch_back_to_the_broker_unacknowledged(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """Nothing is acknowledged that is not stored: when accepting fails, the broker keeps the message."""
+    import sqlite3
+
+    queue = f"q-{uuid.uuid4()}"
+    config = amqp_config(tmp_path, f"{{url: '{broker.url}', queue: '{queue}'}}")
+    daemon = Daemon(load_config(config))
+    failures: list[int] = []
+
+    def broken_accept(batch: Any) -> None:
+        failures.append(len(batch))
+        raise sqlite3.OperationalError("disk I/O error")
+
+    daemon.accept = broken_accept  # type: ignore[method-assign]
+    ready = asyncio.Event()
+    task = asyncio.create_task(daemon.run(ready))
+    await asyncio.wait_for(ready.wait(), 20)
+    await connected(daemon)
+    publisher = AmqpPublisher(broker.url)
+    msg_id = await publisher.publish("org.fedoraproject.prod.mystery.thing", {"agent": "frank"})
+    await publisher.close()
+    with pytest.raises(RuntimeError, match="intake stopped unexpectedly"):
+        await asyncio.wait_for(task, 30)
+    assert failures == [1]
+    await until(lambda: broker.queue_counts(queue) == (1, 0), 20, "the message back in the queue, unacked by us")
+    # The next daemon (storage healthy) gets it from the broker.
+    healthy = await start(config)
+    await until(lambda: len(recorder(healthy).items) >= 1, 30, "the redelivered message")
+    assert recorder(healthy).items[0].msg_id == msg_id
+    await until(lambda: broker.queue_counts(queue) == (0, 0), 20, "the queue to drain")
+
+
+HEADER_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=50), st.binary(max_size=50))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    routing_key=st.text(max_size=80),
+    body=st.one_of(st.binary(max_size=300), st.builds(lambda v: json.dumps(v).encode(), st.recursive(
+        st.one_of(st.none(), st.integers(), st.text(max_size=20)),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        max_leaves=20,
+    ))),
+    message_id=st.one_of(st.none(), st.text(max_size=40)),
+    headers=st.dictionaries(st.text(max_size=30), HEADER_VALUES, max_size=6),
+    content_type=st.sampled_from([None, "application/json", "text/plain", "application/json; charset=utf-8"]),
+)
+def test_decoding_any_amqp_input_gives_a_message_or_a_malformed_reason(
+    routing_key: str, body: bytes, message_id: str | None, headers: dict[str, Any], content_type: str | None
+) -> None:
+    """No input raises anything but MalformedMessage, and what decodes is a JSON-safe, printable-topic envelope."""
+    try:
+        message = decode_amqp(
+            routing_key, body, message_id=message_id, headers=headers, content_type=content_type, received=1.0
+        )
+    except MalformedMessage as exc:
+        assert exc.reason
+        return
+    json.dumps(message.envelope)
+    assert message.topic == routing_key and message.msg_id == message_id
+    assert 0 <= message.severity <= 100

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedmsg_notify.bus.amqp import AmqpPublisher, AmqpSettings, AmqpSubscriber
+from fedmsg_notify.bus.amqp import AmqpSettings, AmqpSubscriber
+from fedmsg_notify.bus.amqp_publish import AmqpPublisher
 
 
 def schema_headers(schema: str, topic: str, body: Any) -> dict[str, Any]:
