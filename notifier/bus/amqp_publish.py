@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import ssl
@@ -42,15 +43,18 @@ class AmqpPublisher:
         self.ssl_context = ssl_context
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._opening = asyncio.Lock()
 
     async def _open(self) -> aio_pika.abc.AbstractExchange:
         import aio_pika
 
-        if self._exchange is None:
-            self._connection = await aio_pika.connect(self.url, ssl_context=self.ssl_context, timeout=30)
-            channel = await self._connection.channel(publisher_confirms=True)
-            self._exchange = await channel.get_exchange(self.exchange_name, ensure=False)
-        return self._exchange
+        # One connection however many publishes run concurrently.
+        async with self._opening:
+            if self._exchange is None:
+                self._connection = await aio_pika.connect(self.url, ssl_context=self.ssl_context, timeout=30)
+                channel = await self._connection.channel(publisher_confirms=True)
+                self._exchange = await channel.get_exchange(self.exchange_name, ensure=False)
+            return self._exchange
 
     async def publish(
         self,
