@@ -589,3 +589,31 @@ def test_decoding_any_amqp_input_gives_a_message_or_a_malformed_reason(
     json.dumps(message.envelope)
     assert message.topic == routing_key and message.msg_id == message_id
     assert 0 <= message.severity <= 100
+
+
+async def test_passive_declares_use_an_existing_queue_and_name_a_missing_one(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """For brokers that forbid declaring: nothing is declared or bound; a missing queue is a clear, retried error."""
+    import aio_pika
+
+    (tmp_path / "missing").mkdir()
+    missing = await start(amqp_config(tmp_path / "missing", f"{{url: '{broker.url}', queue: nope, passive_declares: true}}"))
+    assert missing.amqp is not None
+    await until(lambda: missing.amqp is not None and missing.amqp.last_error is not None, 30, "the refusal")
+    assert "the queue 'nope' must already exist" in (missing.amqp.last_error or "")
+
+    queue = f"q-{uuid.uuid4()}"
+    connection = await aio_pika.connect(broker.url)
+    channel = await connection.channel()
+    declared = await channel.declare_queue(queue, durable=True)
+    await declared.bind("amq.topic", routing_key="org.fedoraproject.prod.passive.#")
+    await connection.close()
+    (tmp_path / "ok").mkdir()
+    daemon = await start(amqp_config(tmp_path / "ok", f"{{url: '{broker.url}', queue: '{queue}', passive_declares: true}}"))
+    await connected(daemon)
+    publisher = AmqpPublisher(broker.url)
+    msg_id = await publisher.publish("org.fedoraproject.prod.passive.thing", {"agent": "gina"})
+    await publisher.close()
+    await until(lambda: len(recorder(daemon).items) >= 1, 30, "the message through the existing queue")
+    assert recorder(daemon).items[0].msg_id == msg_id

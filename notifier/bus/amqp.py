@@ -251,12 +251,24 @@ class AmqpSubscriber:
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._runner: asyncio.Task[None] | None = None
 
-    async def _setup(self) -> aio_pika.abc.AbstractConnection:
+    async def _setup(self) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractChannel]:
         # Imported here: the client comes with the `amqp` extra, needed only when `bus.amqp` is set.
         import aio_pika
 
+        connection = await aio_pika.connect(self.settings.url, ssl_context=self.settings.ssl_context(), timeout=30)
+        try:
+            channel = await self._declare(connection)
+        except BaseException:
+            # A refused declare or bind: this connection is of no use; the retry makes a new one.
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        return connection, channel
+
+    async def _declare(self, connection: aio_pika.abc.AbstractConnection) -> aio_pika.abc.AbstractChannel:
+        import aio_pika
+
         s = self.settings
-        connection = await aio_pika.connect(s.url, ssl_context=s.ssl_context(), timeout=30)
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=s.prefetch)
         if s.passive_declares:
@@ -276,7 +288,7 @@ class AmqpSubscriber:
                 await queue.bind(exchange, routing_key=key)
         self.queue_name = queue.name
         await queue.consume(self._incoming.put, no_ack=False)
-        return connection
+        return channel
 
     async def _run(self) -> None:
         from aiormq.exceptions import AMQPError
@@ -284,8 +296,8 @@ class AmqpSubscriber:
         delay = self.settings.reconnect_min
         while True:
             try:
-                connection = await self._setup()
-            except (TimeoutError, OSError, AMQPError, ssl.SSLError) as exc:
+                connection, channel = await self._setup()
+            except (TimeoutError, OSError, AMQPError, ssl.SSLError, ValueError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}{self._hint(exc)}"
                 log.error(
                     "AMQP: cannot connect to %s (%s); retrying in %.1f s",
@@ -304,7 +316,9 @@ class AmqpSubscriber:
             self._changed()
             delay = self.settings.reconnect_min
             log.info("AMQP: consuming %s from %s", self.queue_name, self.settings.redacted_url)
-            await self._closed(connection)
+            await self._closed(connection, channel)
+            with contextlib.suppress(Exception):
+                await connection.close()
             self.connected = False
             self._connection = None
             self.since = time.time()
@@ -336,6 +350,13 @@ class AmqpSubscriber:
     def _hint(self, exc: BaseException) -> str:
         """What a bare TLS failure most likely means, so the log line says what to fix."""
         text = f"{type(exc).__name__} {exc}".lower()
+        if "not_found" in text and self.settings.passive_declares:
+            return (
+                f" — with passive_declares the exchange {self.settings.exchange!r} and the queue"
+                f" {self.settings.queue!r} must already exist on the broker"
+            )
+        if "access_refused" in text or "authentication" in text:
+            return " — the broker refused the user name or password in bus.amqp.url, or this vhost"
         if not self.settings.url.startswith("amqps://"):
             return ""
         if "certificate verify failed" in text:
@@ -349,9 +370,11 @@ class AmqpSubscriber:
         return ""
 
     @staticmethod
-    async def _closed(connection: aio_pika.abc.AbstractConnection) -> None:
+    async def _closed(connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel) -> None:
+        """Until the connection or the channel closes (a broker may close just the channel)."""
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
+        channel.close_callbacks.add(lambda *_: lost.set())
         await lost.wait()
 
     def _decode(self, delivery: aio_pika.abc.AbstractIncomingMessage, received: float) -> Message:
