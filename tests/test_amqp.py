@@ -617,3 +617,32 @@ async def test_passive_declares_use_an_existing_queue_and_name_a_missing_one(
     await publisher.close()
     await until(lambda: len(recorder(daemon).items) >= 1, 30, "the message through the existing queue")
     assert recorder(daemon).items[0].msg_id == msg_id
+
+
+def test_explain_says_the_schema_produced_the_metadata(tmp_path: Path) -> None:
+    """An AMQP message (as ``tail --json`` prints it) explained: the meta comes from the schema, and says so."""
+    import subprocess
+
+    message = decode_amqp(
+        "org.fedoraproject.prod.bodhi.update.comment",
+        json.dumps(bodhi_comment()).encode(),
+        message_id="explain-1",
+        headers={"fedora_messaging_schema": "bodhi.update.comment.v1", "fedora_messaging_severity": 30},
+        content_type="application/json",
+        received=1.0,
+    )
+    (tmp_path / "msg.json").write_text(json.dumps(message.envelope))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.yaml").write_text(
+        "rules:\n  - {name: loud, match: {severity: {ge: warning}}, deliver: [{via: out}]}\n"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"accounts: {{out: {{backend: console}}}}\nrules: [{tmp_path / 'rules'}]\n")
+    done = subprocess.run(
+        _cli("explain", "-c", str(config), str(tmp_path / "msg.json")), capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "source: schema bodhi.update.comment.v1" in done.stdout
+    assert "subtitle: ralph commented on update python-foo-1.0-1.fc41 (karma: 1)" in done.stdout
+    assert "matched 'loud'" in done.stdout
