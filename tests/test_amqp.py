@@ -646,3 +646,27 @@ def test_explain_says_the_schema_produced_the_metadata(tmp_path: Path) -> None:
     assert "source: schema bodhi.update.comment.v1" in done.stdout
     assert "subtitle: ralph commented on update python-foo-1.0-1.fc41 (karma: 1)" in done.stdout
     assert "matched 'loud'" in done.stdout
+
+
+async def test_a_digest_of_amqp_messages_carries_the_schemas_text(
+    broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
+) -> None:
+    """Digest entries are stored in the intake's transaction like deliveries; at max they go out as one item."""
+    rules = "rules:\n  - {name: daily, match: {service: bodhi}, deliver: [{via: rec, digest: {every: 1d, max: 3}}]}\n"
+    daemon = await start(amqp_config(tmp_path, f"{{url: '{broker.url}'}}", rules=rules))
+    await connected(daemon)
+    await asyncio.to_thread(
+        fedora_publish,
+        fedora_messaging_config(tmp_path, broker.url),
+        [
+            {"schema": "bodhi.update.comment.v1", "topic": "org.fedoraproject.prod.bodhi.update.comment",
+             "body": bodhi_comment(alias=f"FEDORA-2026-{n}", user=f"user{n}")}
+            for n in range(3)
+        ],
+    )
+    rec = recorder(daemon)
+    await until(lambda: len(rec.items) >= 1, 30, "the digest")
+    digest = rec.items[0]
+    assert digest.count == 3
+    for n in range(3):
+        assert f"user{n} commented on update python-foo-1.0-1.fc41 (karma: 1)" in digest.rendered["text"]
