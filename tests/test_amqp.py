@@ -670,3 +670,26 @@ async def test_a_digest_of_amqp_messages_carries_the_schemas_text(
     assert digest.count == 3
     for n in range(3):
         assert f"user{n} commented on update python-foo-1.0-1.fc41 (karma: 1)" in digest.rendered["text"]
+
+
+def test_user_and_package_headers_add_to_the_service_files_metadata() -> None:
+    """Without a schema package for the message, its fedora_messaging_user_/_rpm_ headers still name who and what."""
+    from fedmsg_notify.meta.engine import compute_meta
+
+    message = decode_amqp(
+        "org.fedoraproject.prod.mystery.thing",
+        b'{"x": 1}',
+        message_id="hdr-1",
+        headers={
+            "fedora_messaging_schema": "mystery.thing.v1",
+            "fedora_messaging_user_hank": True,
+            "fedora_messaging_rpm_python-bar": True,
+            "fedora_messaging_user_ignored": False,
+        },
+        content_type="application/json",
+        received=1.0,
+    )
+    meta = compute_meta(message)
+    assert meta.source == "generic"
+    assert "hank" in meta.usernames and "ignored" not in meta.usernames
+    assert meta.packages == ("python-bar",)

@@ -112,3 +112,24 @@ def schema_text(message: Message) -> SchemaText | None:
         # A schema that does not expect this body: fall back, one line in the log, no traceback.
         log.info("schema %s could not describe message %s (%s: %s)", name, message.msg_id, type(exc).__name__, exc)
         return None
+
+
+USER_HEADER = "fedora_messaging_user_"
+PACKAGE_HEADER = "fedora_messaging_rpm_"
+
+
+def header_names(message: Message) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The users and packages fedora-messaging put in the headers (``fedora_messaging_user_<name>: true``, …)."""
+    headers = message.envelope.get("headers")
+    if not isinstance(headers, dict):
+        return (), ()
+    users: list[str] = []
+    packages: list[str] = []
+    for name, value in headers.items():
+        if value is not True or not isinstance(name, str):
+            continue
+        if name.startswith(USER_HEADER):
+            users.append(name[len(USER_HEADER) :])
+        elif name.startswith(PACKAGE_HEADER):
+            packages.append(name[len(PACKAGE_HEADER) :])
+    return _names(users[:_MAX_NAMES]), _names(packages[:_MAX_NAMES])
