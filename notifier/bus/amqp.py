@@ -308,6 +308,15 @@ class AmqpSubscriber:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_max)
                 continue
+            except Exception as exc:
+                # Not a failure we know, but still no reason to stop reading the bus for good.
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception(
+                    "AMQP: unexpected error connecting to %s; retrying in %.1f s", self.settings.redacted_url, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max)
+                continue
             self._connection = connection
             self.connected = True
             self.connects += 1
