@@ -11,14 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.bus.amqp import decode_amqp
 from fedmsg_notify.bus.amqp_publish import AmqpPublisher
-from fedmsg_notify.bus.envelope import MalformedMessage
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.testing import RecordingBackend
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from tests.rabbitmqserver import RabbitMQ, fedora_messaging_config, fedora_publish, rabbitmq_node
 
@@ -118,11 +114,17 @@ async def test_bodhi_comment_published_by_fedora_messaging_gets_the_schemas_summ
         fedora_publish,
         fm,
         [
-            {"schema": "bodhi.update.comment.v1", "topic": "org.fedoraproject.prod.bodhi.update.comment",
-             "body": bodhi_comment()},
+            {
+                "schema": "bodhi.update.comment.v1",
+                "topic": "org.fedoraproject.prod.bodhi.update.comment",
+                "body": bodhi_comment(),
+            },
             # base.message: no schema package describes it, so the generic sentence is used.
-            {"schema": "base.message", "topic": "org.fedoraproject.prod.mystery.thing.happened",
-             "body": {"agent": "alice", "what": "x"}},
+            {
+                "schema": "base.message",
+                "topic": "org.fedoraproject.prod.mystery.thing.happened",
+                "body": {"agent": "alice", "what": "x"},
+            },
         ],
     )
     rec = recorder(daemon)
@@ -132,7 +134,10 @@ async def test_bodhi_comment_published_by_fedora_messaging_gets_the_schemas_summ
     assert bodhi.meta["subtitle"] == "ralph commented on update python-foo-1.0-1.fc41 (karma: 1)"
     assert bodhi.meta["link"] == "https://bodhi.fedoraproject.org/updates/FEDORA-2026-abc123"
     assert bodhi.meta["source"] == "schema bodhi.update.comment.v1"
-    assert bodhi.meta["usernames"] == ["bowlofeggs", "ralph"] or tuple(bodhi.meta["usernames"]) == ("bowlofeggs", "ralph")
+    assert bodhi.meta["usernames"] == ["bowlofeggs", "ralph"] or tuple(bodhi.meta["usernames"]) == (
+        "bowlofeggs",
+        "ralph",
+    )
     assert list(bodhi.meta["packages"]) == ["python-foo"]
     assert "ralph commented on update python-foo-1.0-1.fc41" in bodhi.rendered["text"]
     mystery = by_topic["org.fedoraproject.prod.mystery.thing.happened"]
@@ -200,31 +205,6 @@ async def test_broker_restart_mid_stream_reconnects_and_loses_nothing(
     assert {item.msg_id for item in rec.items} == set(ids)
     assert daemon.amqp.connects >= 2
     await until(lambda: broker.queue_counts(queue) == (0, 0), 20, "the queue to drain")
-
-
-def test_wire_format_maps_to_the_envelope() -> None:
-    """Routing key = topic, body = msg, message_id = msg_id, sent-at = timestamp, headers kept."""
-    message = decode_amqp(
-        "org.fedoraproject.prod.bodhi.update.comment",
-        json.dumps(bodhi_comment()).encode(),
-        message_id="abc-1",
-        headers={"fedora_messaging_schema": "bodhi.update.comment.v1", "sent-at": "2026-12-02T10:00:00+00:00",
-                 "fedora_messaging_severity": 30, "fedora_messaging_user_ralph": True},
-        content_type="application/json",
-        received=5.0,
-    )
-    assert message.topic == "org.fedoraproject.prod.bodhi.update.comment"
-    assert message.msg_id == "abc-1"
-    assert message.body == bodhi_comment()
-    assert message.timestamp == 1796205600.0
-    assert message.envelope["severity"] == 30
-    assert message.envelope["headers"]["fedora_messaging_user_ralph"] is True
-    with pytest.raises(MalformedMessage) as info:
-        decode_amqp("t.prod.x", b"[1]" * 10, message_id=None, headers={}, received=0.0)
-    assert info.value.reason == "invalid-json"
-    with pytest.raises(MalformedMessage) as info:
-        decode_amqp("t.prod.x", b"{}", message_id=None, headers={}, received=0.0)
-    assert info.value.reason == "bad-msg-id"
 
 
 TWO = """
@@ -355,7 +335,9 @@ async def test_tls_with_a_client_certificate_delivers(
 
 
 async def test_tls_with_a_certificate_of_another_ca_is_a_clear_error(
-    tls_broker: tuple[RabbitMQ, Any, Path], tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]],
+    tls_broker: tuple[RabbitMQ, Any, Path],
+    tmp_path: Path,
+    start: Callable[[Path], Awaitable[Daemon]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The broker refuses a client certificate it does not trust: logged as a connection error, retried, no crash."""
@@ -372,110 +354,6 @@ async def test_tls_with_a_certificate_of_another_ca_is_a_clear_error(
     assert "guest:guest" not in caplog.text
     assert any("cannot connect to amqps://guest:***@localhost" in r.getMessage() for r in caplog.records), caplog.text
     assert "does not accept the client certificate bus.amqp.cert" in (daemon.amqp.last_error or "")
-
-
-def test_config_with_only_amqp_is_valid_and_bad_amqp_settings_name_file_and_line(tmp_path: Path) -> None:
-    from fedmsg_notify.config.yaml_positions import ProblemsError
-
-    good = amqp_config(tmp_path, "{url: 'amqps://fedora:@rabbitmq.fedoraproject.org/%2Fpublic_pubsub', queue: abc}")
-    config = load_config(good)
-    assert config.endpoints == ()
-    assert config.amqp is not None and config.amqp.queue == "abc" and config.amqp.routing_keys == ("#",)
-    assert config.amqp.exchange == "amq.topic" and config.amqp.prefetch == 100
-    cases = {
-        "{url: 'http://example.org'}": "is not an AMQP address",
-        "{url: 'amqps://h/', cert: /nonexistent/cert.pem}": "cannot read /nonexistent/cert.pem",
-        f"{{url: 'amqps://h/', key: '{good}'}}": "'key' needs 'cert'",
-        "{url: 'amqp://h/', prefech: 5}": "prefech",
-        "{url: 'amqp://h/', prefetch: 0}": "prefetch",
-    }
-    for amqp, expected in cases.items():
-        path = amqp_config(tmp_path, amqp)
-        with pytest.raises(ProblemsError) as info:
-            load_config(path)
-        text = "\n".join(str(problem) for problem in info.value.problems)
-        assert expected in text, text
-        assert f"{path}:2:" in text, text
-
-
-def _wait_for_text(path: Path, text: str, proc: Any, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = path.read_text(errors="replace") if path.exists() else ""
-        if text in out:
-            return out
-        assert proc.poll() is None, f"the process ended: {out[-3000:]}"
-        assert time.monotonic() < deadline, f"no {text!r} in {out[-3000:]!r}"
-        time.sleep(0.1)
-
-
-def _cli(*args: str) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "fedmsg_notify", *args]
-
-
-def test_our_publish_is_read_by_fedora_messaging_consume_with_the_right_schema(broker: RabbitMQ, tmp_path: Path) -> None:
-    """``fedmsg-notify publish --amqp`` emits the fedora-messaging wire format: its consumer builds the schema class."""
-    import os
-    import shutil
-    import subprocess
-
-    queue = f"q-{uuid.uuid4()}"
-    fm = fedora_messaging_config(tmp_path, broker.url, queue=queue)
-    consumer_bin = shutil.which("fedora-messaging", path=os.path.dirname(__import__("sys").executable))
-    assert consumer_bin is not None
-    out = tmp_path / "consume.out"
-    with out.open("wb") as sink:
-        consumer = subprocess.Popen(
-            [consumer_bin, "--conf", str(fm), "consume", "--callback", "fedora_messaging.example:printer"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while queue not in broker.bound_queues():
-            assert consumer.poll() is None, out.read_text()
-            assert time.monotonic() < deadline, "fedora-messaging consume never bound its queue"
-            time.sleep(0.2)
-        done = subprocess.run(
-            _cli("-v", "publish", "--amqp", broker.url, "--topic", "org.fedoraproject.prod.bodhi.update.comment",
-                 "--schema", "bodhi.update.comment.v1", "--msg", json.dumps(bodhi_comment(user="carol"))),
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        # UpdateCommentV1.__str__: only the bodhi schema class, not the base one, writes this.
-        text = _wait_for_text(out, "carol commented on bowlofeggs's update FEDORA-2026-abc123 with karma 1", consumer)
-        assert "works for me" in text
-    finally:
-        consumer.terminate()
-        consumer.wait(30)
-
-
-def test_tail_on_amqp_prints_the_schemas_summary(broker: RabbitMQ, tmp_path: Path) -> None:
-    import subprocess
-
-    out = tmp_path / "tail.out"
-    before = broker.bound_queues()
-    with out.open("wb") as sink:
-        tail = subprocess.Popen(_cli("tail", "--amqp", broker.url), stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not broker.bound_queues() - before:
-            assert tail.poll() is None, out.read_text()
-            assert time.monotonic() < deadline, "tail never declared its queue"
-            time.sleep(0.2)
-        fedora_publish(
-            fedora_messaging_config(tmp_path, broker.url),
-            [{"schema": "bodhi.update.comment.v1", "topic": "org.fedoraproject.prod.bodhi.update.comment",
-              "body": bodhi_comment(user="dave")}],
-        )
-        text = _wait_for_text(out, "dave commented on update python-foo-1.0-1.fc41 (karma: 1)", tail)
-        assert "https://bodhi.fedoraproject.org/updates/FEDORA-2026-abc123" in text
-    finally:
-        tail.terminate()
-        tail.wait(30)
 
 
 async def test_status_shows_the_broker_connection_queue_and_unacked_count(
@@ -560,37 +438,6 @@ async def test_a_storage_fault_hands_the_batch_back_to_the_broker_unacknowledged
     await until(lambda: broker.queue_counts(queue) == (0, 0), 20, "the queue to drain")
 
 
-HEADER_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=50), st.binary(max_size=50))
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    routing_key=st.text(max_size=80),
-    body=st.one_of(st.binary(max_size=300), st.builds(lambda v: json.dumps(v).encode(), st.recursive(
-        st.one_of(st.none(), st.integers(), st.text(max_size=20)),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-        max_leaves=20,
-    ))),
-    message_id=st.one_of(st.none(), st.text(max_size=40)),
-    headers=st.dictionaries(st.text(max_size=30), HEADER_VALUES, max_size=6),
-    content_type=st.sampled_from([None, "application/json", "text/plain", "application/json; charset=utf-8"]),
-)
-def test_decoding_any_amqp_input_gives_a_message_or_a_malformed_reason(
-    routing_key: str, body: bytes, message_id: str | None, headers: dict[str, Any], content_type: str | None
-) -> None:
-    """No input raises anything but MalformedMessage, and what decodes is a JSON-safe, printable-topic envelope."""
-    try:
-        message = decode_amqp(
-            routing_key, body, message_id=message_id, headers=headers, content_type=content_type, received=1.0
-        )
-    except MalformedMessage as exc:
-        assert exc.reason
-        return
-    json.dumps(message.envelope)
-    assert message.topic == routing_key and message.msg_id == message_id
-    assert 0 <= message.severity <= 100
-
-
 async def test_passive_declares_use_an_existing_queue_and_name_a_missing_one(
     broker: RabbitMQ, tmp_path: Path, start: Callable[[Path], Awaitable[Daemon]]
 ) -> None:
@@ -598,7 +445,9 @@ async def test_passive_declares_use_an_existing_queue_and_name_a_missing_one(
     import aio_pika
 
     (tmp_path / "missing").mkdir()
-    missing = await start(amqp_config(tmp_path / "missing", f"{{url: '{broker.url}', queue: nope, passive_declares: true}}"))
+    missing = await start(
+        amqp_config(tmp_path / "missing", f"{{url: '{broker.url}', queue: nope, passive_declares: true}}")
+    )
     assert missing.amqp is not None
     await until(lambda: missing.amqp is not None and missing.amqp.last_error is not None, 30, "the refusal")
     assert "the queue 'nope' must already exist" in (missing.amqp.last_error or "")
@@ -610,42 +459,15 @@ async def test_passive_declares_use_an_existing_queue_and_name_a_missing_one(
     await declared.bind("amq.topic", routing_key="org.fedoraproject.prod.passive.#")
     await connection.close()
     (tmp_path / "ok").mkdir()
-    daemon = await start(amqp_config(tmp_path / "ok", f"{{url: '{broker.url}', queue: '{queue}', passive_declares: true}}"))
+    daemon = await start(
+        amqp_config(tmp_path / "ok", f"{{url: '{broker.url}', queue: '{queue}', passive_declares: true}}")
+    )
     await connected(daemon)
     publisher = AmqpPublisher(broker.url)
     msg_id = await publisher.publish("org.fedoraproject.prod.passive.thing", {"agent": "gina"})
     await publisher.close()
     await until(lambda: len(recorder(daemon).items) >= 1, 30, "the message through the existing queue")
     assert recorder(daemon).items[0].msg_id == msg_id
-
-
-def test_explain_says_the_schema_produced_the_metadata(tmp_path: Path) -> None:
-    """An AMQP message (as ``tail --json`` prints it) explained: the meta comes from the schema, and says so."""
-    import subprocess
-
-    message = decode_amqp(
-        "org.fedoraproject.prod.bodhi.update.comment",
-        json.dumps(bodhi_comment()).encode(),
-        message_id="explain-1",
-        headers={"fedora_messaging_schema": "bodhi.update.comment.v1", "fedora_messaging_severity": 30},
-        content_type="application/json",
-        received=1.0,
-    )
-    (tmp_path / "msg.json").write_text(json.dumps(message.envelope))
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "a.yaml").write_text(
-        "rules:\n  - {name: loud, match: {severity: {ge: warning}}, deliver: [{via: out}]}\n"
-    )
-    config = tmp_path / "config.yaml"
-    config.write_text(f"accounts: {{out: {{backend: console}}}}\nrules: [{tmp_path / 'rules'}]\n")
-    done = subprocess.run(
-        _cli("explain", "-c", str(config), str(tmp_path / "msg.json")), capture_output=True, text=True, timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "source: schema bodhi.update.comment.v1" in done.stdout
-    assert "subtitle: ralph commented on update python-foo-1.0-1.fc41 (karma: 1)" in done.stdout
-    assert "matched 'loud'" in done.stdout
 
 
 async def test_a_digest_of_amqp_messages_carries_the_schemas_text(
@@ -659,8 +481,11 @@ async def test_a_digest_of_amqp_messages_carries_the_schemas_text(
         fedora_publish,
         fedora_messaging_config(tmp_path, broker.url),
         [
-            {"schema": "bodhi.update.comment.v1", "topic": "org.fedoraproject.prod.bodhi.update.comment",
-             "body": bodhi_comment(alias=f"FEDORA-2026-{n}", user=f"user{n}")}
+            {
+                "schema": "bodhi.update.comment.v1",
+                "topic": "org.fedoraproject.prod.bodhi.update.comment",
+                "body": bodhi_comment(alias=f"FEDORA-2026-{n}", user=f"user{n}"),
+            }
             for n in range(3)
         ],
     )
@@ -670,26 +495,3 @@ async def test_a_digest_of_amqp_messages_carries_the_schemas_text(
     assert digest.count == 3
     for n in range(3):
         assert f"user{n} commented on update python-foo-1.0-1.fc41 (karma: 1)" in digest.rendered["text"]
-
-
-def test_user_and_package_headers_add_to_the_service_files_metadata() -> None:
-    """Without a schema package for the message, its fedora_messaging_user_/_rpm_ headers still name who and what."""
-    from fedmsg_notify.meta.engine import compute_meta
-
-    message = decode_amqp(
-        "org.fedoraproject.prod.mystery.thing",
-        b'{"x": 1}',
-        message_id="hdr-1",
-        headers={
-            "fedora_messaging_schema": "mystery.thing.v1",
-            "fedora_messaging_user_hank": True,
-            "fedora_messaging_rpm_python-bar": True,
-            "fedora_messaging_user_ignored": False,
-        },
-        content_type="application/json",
-        received=1.0,
-    )
-    meta = compute_meta(message)
-    assert meta.source == "generic"
-    assert "hank" in meta.usernames and "ignored" not in meta.usernames
-    assert meta.packages == ("python-bar",)
