@@ -40,6 +40,17 @@ EXTRAS = {
     "email": ["aiosmtplib>=3.0"],
     "desktop": ["notify2>=0.3", "dbus-python>=1.3"],
     "mastodon": ["httpx>=0.27"],
+    # fedora-messaging over AMQP: the client, the library and the common schema packages.
+    "amqp": [
+        "aio-pika>=9.4",
+        "fedora-messaging>=3.5",
+        "bodhi-messages",
+        "koji-fedoramessaging-messages",
+        "pagure-messages",
+        "copr-messaging",
+        "anitya-schema",
+        "noggin-messages",
+    ],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sqlite3
@@ -27,6 +28,7 @@ from typing import Any
 
 from fedmsg_notify import systemd
 from fedmsg_notify.backend import Destination
+from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber, amqp_state_path
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.signatures import make_verifier
 from fedmsg_notify.bus.zeromq import Subscriber
@@ -90,6 +92,7 @@ class Daemon:
         }
         self.store: Outbox | None = None
         self.subscriber: Subscriber | None = None
+        self.amqp: AmqpSubscriber | None = None
         self.workers: dict[str, DestinationWorker] = {}
         self.digests: DigestScheduler | None = None
         self.reloads = 0
@@ -125,7 +128,16 @@ class Daemon:
             max_string=self.config.max_string_length,
             receive_queue=self.config.receive_queue,
         )
-        consumer = asyncio.create_task(self._consume(), name="intake")
+        if self.config.amqp is not None:
+            self.amqp = AmqpSubscriber(
+                self.config.amqp,
+                max_bytes=self.config.max_message_bytes,
+                max_depth=self.config.max_json_depth,
+                max_string=self.config.max_string_length,
+            )
+            self.amqp.on_change = self._save_amqp_state
+            self._save_amqp_state()
+        consumer = asyncio.create_task(self._consume_all(), name="intake")
         # Periodic chores end with the loop; they hold no work worth waiting for.
         background = [
             asyncio.create_task(self._watchdog(), name="watchdog"),
@@ -133,7 +145,8 @@ class Daemon:
         ]
         log.info(
             "listening on %s; state in %s; %d destination(s) with queued deliveries",
-            ", ".join(self.config.endpoints) or "(no endpoints)",
+            ", ".join([*self.config.endpoints, *([self.config.amqp.redacted_url] if self.config.amqp else [])])
+            or "(no endpoints)",
             self.config.state_path,
             len(self.workers),
         )
@@ -207,7 +220,7 @@ class Daemon:
             log.exception("reload refused; still running the previous configuration")
             systemd.ready()
             return False
-        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue"):
+        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue", "amqp"):
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
@@ -293,6 +306,40 @@ class Daemon:
                 # Not fatal: the destination's worker retries the start with backoff.
                 log.error("starting backend of account %s failed: %s", handle.backend.account_name, exc)
 
+    async def _consume_all(self) -> None:
+        consumers = [self._consume()]
+        if self.amqp is not None:
+            consumers.append(self._consume_amqp(self.amqp))
+        await asyncio.gather(*consumers)
+
+    async def _consume_amqp(self, amqp: AmqpSubscriber) -> None:
+        """AMQP intake: a batch is acknowledged to the broker only after :meth:`accept` returned.
+
+        ``accept`` returning means the batch's deliveries and digest entries are committed to
+        the store; if it raises (a storage fault) the batch goes back to the broker (nack with
+        requeue) and the error propagates, so nothing unstored is ever acknowledged.
+        """
+        batch: AmqpBatch
+        async for batch in amqp.batches():
+            stored = True
+            try:
+                for start in range(0, len(batch.messages), INTAKE_SLICE):
+                    stored = self.accept(batch.messages[start : start + INTAKE_SLICE])
+                    if not stored:
+                        break
+                    await asyncio.sleep(0)
+            except BaseException:
+                await batch.nack()
+                raise
+            if stored:
+                await batch.ack()
+            else:
+                # The storage refused it (disk full, read-only): it stays on the broker, and
+                # comes back when the guard's next probe may succeed (slices already stored
+                # are recognised then as seen before).
+                await batch.nack()
+                await asyncio.sleep(self.guard.probe_every)
+
     async def _consume(self) -> None:
         assert self.subscriber is not None
         async for batch in self.subscriber.batches():
@@ -347,10 +394,25 @@ class Daemon:
                 # A full or read-only disk fails these too; they are tried again next round.
                 log.warning("housekeeping failed, trying again in %.0f s: %s", COUNTERS_EVERY, exc)
 
+    def _save_amqp_state(self) -> None:
+        """The AMQP connection's state beside the state database, for ``status`` (written atomically)."""
+        if self.amqp is None:
+            return
+        path = amqp_state_path(self.config.state_path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.amqp.snapshot(), sort_keys=True), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+
     def _save_counters(self) -> None:
+        self._save_amqp_state()
         if self.subscriber is None or self.store is None:
             return
         current = Counter(self.subscriber.malformed)
+        if self.amqp is not None:
+            current.update(self.amqp.malformed)
         delta = current - self._saved_malformed
         if delta:
             self.store.add_counters({f"malformed.{reason}": n for reason, n in delta.items()})
@@ -372,6 +434,8 @@ class Daemon:
             await consumer
         if self.subscriber is not None:
             self.subscriber.close()
+        if self.amqp is not None:
+            await self.amqp.close()
         if self.digests is not None:
             self.digests.stop()
         for worker in self.workers.values():

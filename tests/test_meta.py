@@ -344,6 +344,7 @@ def test_meta_as_dict_round_trips() -> None:
         "agent": "ralph",
         "usernames": ("ralph",),
         "packages": ("foo",),
+        "source": "service",
     }
 
 

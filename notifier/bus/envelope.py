@@ -131,6 +131,12 @@ class Message:
         return self.parts.env
 
     @property
+    def severity(self) -> int:
+        """fedora-messaging's logging level (10 debug … 40 error); fedmsg messages are info (20)."""
+        value = self.envelope.get("severity")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 20
+
+    @property
     def timestamp(self) -> float:
         """Seconds since the epoch; the receive time when the sender's is not a usable date."""
         value = self.envelope.get("timestamp")

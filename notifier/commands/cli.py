@@ -51,6 +51,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
             where = "--msg" if args.msg not in (None, "-") else f"<stdin>:{number}"
             print(f"{where}: invalid JSON: {exc}", file=sys.stderr)
             return 1
+    if args.amqp:
+        from fedmsg_notify.commands.amqp_cmds import publish_amqp
+
+        return publish_amqp(args, msgs)
     signer = None
     if args.cert or args.key:
         from fedmsg_notify.bus.signatures import SignatureConfigError, Signer
@@ -77,13 +81,32 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from fedmsg_notify.bus.zeromq import Subscriber
 
+    globs = args.topic or ["*"]
+    amqp = None
+    if args.amqp:
+        from fedmsg_notify.bus.amqp import AmqpSettings
+
+        amqp = AmqpSettings(url=args.amqp)
+    elif not args.endpoint:
+        config = load_cli_config(args.config)
+        if config.amqp is not None and not config.endpoints:
+            # An exclusive queue of our own: tail must not take messages from the daemon's queue.
+            from dataclasses import replace
+
+            amqp = replace(config.amqp, queue=None, passive_declares=False)
+    if amqp is not None:
+        from fedmsg_notify.commands.amqp_cmds import tail_amqp
+
+        try:
+            asyncio.run(tail_amqp(amqp, globs, args.json))
+        except KeyboardInterrupt:
+            pass
+        return 0
     if args.endpoint:
         endpoints: Sequence[str] = args.endpoint
         prefixes: Sequence[str] = ("",)
     else:
-        config = load_cli_config(args.config)
         endpoints, prefixes = config.endpoints, config.subscribe
-    globs = args.topic or ["*"]
 
     async def tail() -> None:
         subscriber = Subscriber(endpoints, prefixes)
@@ -170,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", action="append", metavar="URL", help="endpoint to connect to (repeatable)")
     p.add_argument("--topic", action="append", metavar="GLOB", help="only topics matching this glob (repeatable)")
     p.add_argument("--json", action="store_true", help="print each envelope as JSON")
+    p.add_argument("--amqp", metavar="URL", help="read an AMQP broker (fedora-messaging) instead, on amq.topic")
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("publish", help="publish fedmsg-compatible messages (the fedmsg-logger job)")
@@ -189,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cert", metavar="FILE", help="sign as fedmsg does (x509) with this PEM certificate...")
     p.add_argument("--key", metavar="FILE", help="...and this unencrypted PEM RSA private key")
+    p.add_argument("--amqp", metavar="URL", help="publish to this AMQP broker in fedora-messaging's wire format")
+    p.add_argument("--schema", default="base.message", help="fedora-messaging schema name (with --amqp)")
+    p.add_argument("--exchange", default="amq.topic", help="AMQP exchange (with --amqp; default %(default)s)")
+    p.add_argument("--ca-cert", metavar="FILE", help="CA of an amqps:// broker (with --amqp)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("status", help="queues, digests, last deliveries and failures per destination")

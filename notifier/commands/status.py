@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fedmsg_notify.render.sanitize import one_line, plain_text
@@ -82,9 +83,44 @@ def render_text(
 
 
 def as_json(
-    path: str, rows: list[DestinationStatus], counters: dict[str, int], storage: str | None = None
+    path: str,
+    rows: list[DestinationStatus],
+    counters: dict[str, int],
+    storage: str | None = None,
+    amqp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {"state": path, "storage": storage, "destinations": [asdict(row) for row in rows], "counters": counters}
+    out = {"state": path, "storage": storage, "destinations": [asdict(row) for row in rows], "counters": counters}
+    if amqp is not None:
+        out["amqp"] = amqp
+    return out
+
+
+def read_amqp_state(state_path: Path) -> dict[str, Any] | None:
+    """What the daemon last recorded about its AMQP connection, or None (no AMQP bus, never ran)."""
+    from fedmsg_notify.bus.amqp import amqp_state_path
+
+    try:
+        data = json.loads(amqp_state_path(state_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def render_amqp(amqp: dict[str, Any], now: float) -> list[str]:
+    state = "connected" if amqp.get("connected") else "NOT connected"
+    since = amqp.get("since")
+    when = _when(since if isinstance(since, float) else None, now)
+    lines = [
+        f"AMQP broker {_inert(str(amqp.get('broker')))}: {state} since {when}",
+        f"  queue {_inert(str(amqp.get('queue')))}{' (durable)' if amqp.get('durable') else ''}:"
+        f" {amqp.get('unacked', 0)} unacked, {amqp.get('received', 0)} received,"
+        f" {amqp.get('connects', 0)} connection(s) made",
+    ]
+    if amqp.get("last_error"):
+        lines.append(f"  last connection error: {_inert(str(amqp['last_error']))}")
+    updated = amqp.get("updated")
+    lines.append(f"  recorded {_when(updated if isinstance(updated, float) else None, now)}")
+    return lines
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -107,8 +143,10 @@ def run_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     storage = storage_health(config.state_path)
+    amqp = read_amqp_state(config.state_path) if config.amqp is not None else None
     if getattr(args, "json", False):
-        print(json.dumps(as_json(path, rows, counters, storage), indent=2, sort_keys=True))
+        print(json.dumps(as_json(path, rows, counters, storage, amqp), indent=2, sort_keys=True))
     else:
-        print(render_text(path, rows, counters, now, storage))
+        text = render_text(path, rows, counters, now, storage)
+        print("\n".join([text, *render_amqp(amqp, now)]) if amqp is not None else text)
     return 0

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend
 from fedmsg_notify.backends import backend_class, backend_names
+from fedmsg_notify.bus.amqp import AmqpSettings
 from fedmsg_notify.bus.envelope import DEFAULT_MAX_DEPTH, DEFAULT_MAX_STRING
 from fedmsg_notify.bus.fedmsg_config import FedmsgConfigError, endpoints_from, load_fedmsg_config
 from fedmsg_notify.bus.signatures import SignatureConfigError, SignatureSettings, Verifier, settings_from_fedmsg
@@ -36,6 +37,7 @@ log = logging.getLogger("fedmsg_notify.config")
 
 SYSTEM_CONFIG = Path("/etc/fedmsg-notify/config.yaml")
 USER_CONFIG = Path("~/.config/fedmsg-notify/config.yaml")
+AMQP_URL_RE = re.compile(r"^amqps?://[^\s/]*(/\S*)?$")
 ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
 
 
@@ -63,7 +65,29 @@ def _check_endpoint(url: str) -> str:
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
 
 
+def _check_amqp_url(url: str) -> str:
+    if not AMQP_URL_RE.match(url):
+        raise ValueError(f"url {url!r} is not an AMQP address like amqps://user:@host/%2Fvhost")
+    return url
+
+
+class AmqpSection(StrictModel):
+    """fedora-messaging over AMQP (SPEC "The bus today")."""
+
+    url: Annotated[str, AfterValidator(_check_amqp_url)]
+    # Durable and named (a restart misses nothing); omitted: an exclusive, auto-deleted queue.
+    queue: str | None = Field(default=None, min_length=1, max_length=255)
+    exchange: str = Field(default="amq.topic", min_length=1, max_length=255)
+    routing_keys: list[str] = Field(default_factory=lambda: ["#"], min_length=1)
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    passive_declares: bool = False
+    prefetch: int = Field(default=100, ge=1, le=65535)
+
+
 class BusSection(StrictModel):
+    amqp: AmqpSection | None = None
     endpoints: list[Endpoint] = Field(default_factory=list)
     fedmsg_config: str | None = None
     subscribe: list[str] = Field(default_factory=lambda: [""])
@@ -128,6 +152,8 @@ class Config:
     max_string_length: int = DEFAULT_MAX_STRING
     # Where `state:` is written in the config (None: the default), for errors about the state.
     state_where: Position | None = None
+    # fedora-messaging over AMQP; None when only ZeroMQ endpoints are configured.
+    amqp: AmqpSettings | None = None
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -174,6 +200,7 @@ def config_from_document(doc: LocatedDocument) -> Config:
         except FedmsgConfigError as exc:
             problems.append(Problem(doc.where(("bus", "fedmsg_config")), str(exc)))
     signatures = _signatures(parsed, fedmsg, base, doc, problems)
+    amqp = _amqp(parsed.bus.amqp, base, doc, problems) if parsed.bus.amqp is not None else None
     if problems:
         raise ProblemsError(problems)
     rules = parsed.rules if parsed.rules is not None else [str(shipped_rules_dir())]
@@ -193,7 +220,46 @@ def config_from_document(doc: LocatedDocument) -> Config:
         max_json_depth=parsed.bus.max_json_depth,
         max_string_length=parsed.bus.max_string_length,
         state_where=doc.where(("state",)) if parsed.state else None,
+        amqp=amqp,
     )
+
+
+def _amqp(section: AmqpSection, base: Path, doc: LocatedDocument, problems: list[Problem]) -> AmqpSettings:
+    """The ``bus.amqp`` settings; certificate files must exist and be readable, cert and key go together."""
+    where = ("bus", "amqp")
+    files: dict[str, Path | None] = {}
+    for name in ("ca_cert", "cert", "key"):
+        value = getattr(section, name)
+        path = _resolve(base, value) if value else None
+        files[name] = path
+        if path is not None:
+            try:
+                path.read_bytes()
+            except OSError as exc:
+                problems.append(
+                    Problem(doc.where((*where, name)), f"bus.amqp.{name}: cannot read {path}: {exc.strerror}")
+                )
+    if (files["cert"] is None) != (files["key"] is None) and files["key"] is not None:
+        problems.append(Problem(doc.where((*where, "key")), "bus.amqp: 'key' needs 'cert' (the client certificate)"))
+    if files["cert"] is not None and not section.url.startswith("amqps://"):
+        problems.append(Problem(doc.where((*where, "cert")), "bus.amqp: a client certificate needs an amqps:// url"))
+    settings = AmqpSettings(
+        url=section.url,
+        queue=section.queue,
+        exchange=section.exchange,
+        routing_keys=tuple(section.routing_keys),
+        ca_cert=files["ca_cert"],
+        cert=files["cert"],
+        key=files["key"],
+        passive_declares=section.passive_declares,
+        prefetch=section.prefetch,
+    )
+    if not problems and settings.url.startswith("amqps://"):
+        try:
+            settings.ssl_context()
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(doc.where(where), f"bus.amqp: the TLS certificates do not load: {exc}"))
+    return settings
 
 
 def _signatures(

@@ -41,6 +41,7 @@ from fedmsg_notify.matching.match import (
     Users,
     glob,
 )
+from fedmsg_notify.matching.severity import Severity
 from fedmsg_notify.meta.engine import Meta
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,19 @@ MAX_EXPANDED_VALUES: Final = 2_000_000
 
 FILE_KEYS: Final = ("me", "rules")
 RULE_KEYS: Final = ("name", "match", "deliver")
-MATCH_KEYS: Final = ("topic", "service", "env", "users", "agent", "packages", "field", "all", "any", "not")
+MATCH_KEYS: Final = (
+    "topic",
+    "service",
+    "env",
+    "users",
+    "agent",
+    "packages",
+    "severity",
+    "field",
+    "all",
+    "any",
+    "not",
+)
 DELIVER_KEYS: Final = ("via", "to", "template", "digest")
 DIGEST_KEYS: Final = ("every", "max", "template")
 ME: Final = "$me"
@@ -266,6 +279,12 @@ class _FileCompiler:
                 "packages": Packages,
             }
             return kinds[key](values)
+        if key == "severity":
+            try:
+                return Severity.parse(value)
+            except ValueError as exc:
+                self.error(path, f"{_where(path)}: {exc}")
+                return None
         if key == "field":
             return self.field(value, path)
         if key in ("all", "any"):

@@ -44,6 +44,7 @@ are the expressions run one by one to find, log and replace the failing one.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import logging
@@ -57,6 +58,7 @@ from typing import Any
 from fedmsg_notify.bus.envelope import KNOWN_ENVS, Message
 from fedmsg_notify.config.validation import StrictModel, validate
 from fedmsg_notify.config.yaml_positions import LocatedDocument, Position, Problem, ProblemsError, load_located
+from fedmsg_notify.meta.schema import header_names, schema_text
 from jinja2 import ChainableUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field
@@ -83,6 +85,9 @@ class Meta:
     agent: str | None
     usernames: tuple[str, ...]
     packages: tuple[str, ...]
+    # Where the metadata came from: "schema <name>" (a fedora-messaging schema package),
+    # "service" (a service file) or "generic"; `explain` shows it.
+    source: str = "service"
 
     def as_dict(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: that deep-copies recursively and cost ~10 µs per
@@ -95,6 +100,7 @@ class Meta:
             "agent": self.agent,
             "usernames": self.usernames,
             "packages": self.packages,
+            "source": self.source,
         }
 
 
@@ -640,6 +646,35 @@ class MetaEngine:
         return problems
 
     def compute(self, message: Message) -> Meta:
+        if "headers" not in message.envelope:
+            return self._compute(message)
+        # fedora-messaging (AMQP): the schema package's own text when it is installed.
+        text = schema_text(message)
+        if text is None:
+            # No schema: the service files describe it, and the sender's user and package
+            # headers (fedora_messaging_user_* / _rpm_*) add to who and what is involved.
+            meta = self._compute(message)
+            users, packages = header_names(message)
+            if not users and not packages:
+                return meta
+            return dataclasses.replace(
+                meta,
+                usernames=tuple(dict.fromkeys((*meta.usernames, *users))),
+                packages=tuple(dict.fromkeys((*meta.packages, *packages))),
+            )
+        _service, _rest, subtopic = _split(message, self.services)
+        return Meta(
+            title=subtopic or message.topic,
+            subtitle=text.summary,
+            link=text.url,
+            icon=text.icon or GENERIC_ICON,
+            agent=text.agent,
+            usernames=text.usernames,
+            packages=text.packages,
+            source=f"schema {text.schema}",
+        )
+
+    def _compute(self, message: Message) -> Meta:
         service_name, rest, subtopic = _split(message, self.services)
         body = message.body
         service = self.services.get(service_name)
@@ -653,6 +688,7 @@ class MetaEngine:
                 agent=agent,
                 usernames=(agent,) if agent else (),
                 packages=(),
+                source="generic",
             )
         entry = service.select(rest)
         ctx: dict[str, Any] = {
