@@ -40,6 +40,8 @@ EXTRAS = {
     "email": ["aiosmtplib>=3.0"],
     "desktop": ["notify2>=0.3", "dbus-python>=1.3"],
     "mastodon": ["httpx>=0.27"],
+    # `state: postgresql://...`: several daemons sharing one store.
+    "postgresql": ["psycopg[binary]>=3.1"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [
