@@ -19,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal
+import socket
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fedmsg_notify import systemd
 from fedmsg_notify.backend import Destination
@@ -42,6 +46,9 @@ from fedmsg_notify.matching.rules import Route, Rule, RuleSet
 from fedmsg_notify.meta.engine import MetaEngine
 from fedmsg_notify.render.renderer import Renderer
 from fedmsg_notify.store.sqlite import DigestEntry, Outbox
+
+if TYPE_CHECKING:
+    from fedmsg_notify.store.pg_cluster import AccountLocks
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,9 @@ class Daemon:
             for name, account in config.accounts.items()
         }
         self.store: Outbox | None = None
+        # This daemon's name in a shared (PostgreSQL) store's leases, heartbeats and account locks.
+        self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.locks: AccountLocks | None = None
         self.subscriber: Subscriber | None = None
         self.workers: dict[str, DestinationWorker] = {}
         self.digests: DigestScheduler | None = None
@@ -108,7 +118,9 @@ class Daemon:
         pruned = store.prune(self.clock.time())
         if pruned:
             log.info("pruned %d finished rows older than the retention", pruned)
-        await self._start_backends(self.handles.values())
+        if getattr(store, "cluster", False):
+            self._start_cluster()
+        await self._start_backends(h for name, h in self.handles.items() if self._serves(name))
         for destination in store.pending_destinations():
             self.worker(destination)
         self.digests = DigestScheduler(store, self._render_digest, lambda d: self.worker(d).notify(), clock=self.clock)
@@ -154,7 +166,7 @@ class Daemon:
             worker = DestinationWorker(
                 destination,
                 self.store,
-                self.handles.get,
+                self._handle,
                 clock=self.clock,
                 policy=self.policy,
                 coalescer=self.coalescer,
@@ -204,7 +216,7 @@ class Daemon:
         self._save_counters()
         self.verifier, self._saved_refused = verifier, Counter()
         for worker in self.workers.values():
-            worker.handles = self.handles.get
+            worker.handles = self._handle
             worker.notify()
         for handle in retired:
             self._spawn(handle.close(self.shutdown_timeout), "close retired backend")
@@ -216,12 +228,36 @@ class Daemon:
     # -- internals -----------------------------------------------------------------------
 
     def _open_store(self) -> Outbox:
+        if self.config.state_url is not None:
+            from fedmsg_notify.daemon_cluster import open_shared_store
+
+            # The shared store has the same interface (see store/postgresql.py); typed as the embedded one.
+            return cast(Outbox, open_shared_store(self.config, self.daemon_id))
         try:
             return Outbox(self.config.state_path)
         except (OSError, sqlite3.Error) as exc:
             # Reported like a config error: the fix is the `state:` setting or its directory.
             where = Position(self.config.source, 1, 1)
             raise ProblemsError([Problem(where, f"state: cannot open {self.config.state_path}: {exc}")]) from exc
+
+    def _serves(self, account: str) -> bool:
+        """Whether this daemon sends for ``account`` now: always, unless it is connection-bound and held elsewhere."""
+        if self.locks is None:
+            return True
+        account_config = self.config.accounts.get(account)
+        if account_config is None or not account_config.backend.connection_bound:
+            return True
+        return account in self.locks.held
+
+    def _handle(self, account: str) -> BackendHandle | None:
+        return self.handles.get(account) if self._serves(account) else None
+
+    def _start_cluster(self) -> None:
+        from fedmsg_notify.daemon_cluster import ClusterMember
+
+        member = ClusterMember(self, time.time())
+        self.locks = member.locks
+        self._spawn(member.run(), "cluster")
 
     def _reuse_handles(self, config: Config) -> tuple[dict[str, BackendHandle], list[BackendHandle]]:
         """Keep an account's running backend when its settings did not change (no IRC reconnect)."""
@@ -273,7 +309,14 @@ class Daemon:
             # Store in slices, yielding between them: a 512-message burst would otherwise hold
             # the event loop for a few hundred milliseconds while the workers wait.
             for start in range(0, len(batch), INTAKE_SLICE):
-                self.accept(batch[start : start + INTAKE_SLICE])
+                while True:
+                    try:
+                        self.accept(batch[start : start + INTAKE_SLICE])
+                        break
+                    except OSError as exc:
+                        # The shared store is restarting: hold the slice (the bus buffers the rest) and retry.
+                        log.warning("storing messages failed, retrying in 0.5 s: %s", exc)
+                        await asyncio.sleep(0.5)
                 await asyncio.sleep(0)
 
     def _render_digest(self, destination: Destination, entries: Sequence[DigestEntry], total: int) -> Mapping[str, str]:
@@ -359,6 +402,8 @@ class Daemon:
         self._save_counters()
         for handle in self.handles.values():
             await handle.close(grace=0)
+        if self.locks is not None:
+            self.locks.close()
         if self.store is not None:
             queued = sum(self.store.pending_count(w.destination) for w in self.workers.values())
             log.info("stopped; %d deliveries stay queued for the next start", queued)

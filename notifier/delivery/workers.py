@@ -103,6 +103,7 @@ class DestinationWorker:
         # said "nothing queued" it stays False until _failed schedules one.
         self.may_have_retries = True
         self.task: asyncio.Task[None] | None = None
+        self._absent = False
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._supervise(), name=f"deliver {self.destination}")
@@ -139,10 +140,14 @@ class DestinationWorker:
             self.wake.clear()
             handle = self.handles(self.destination.account)
             if handle is None:
-                # The account disappeared in a reload: keep its rows, wait for it to return.
-                log.warning("no account '%s' configured: deliveries to %s wait in the store", *self._names())
+                # The account disappeared in a reload (or another daemon of a cluster holds
+                # it): keep its rows, wait for it to return. Said once per absence.
+                if not self._absent:
+                    log.warning("account '%s' not served here: deliveries to %s wait in the store", *self._names())
+                    self._absent = True
                 await self.clock.wait(self.wake, None)
                 continue
+            self._absent = False
             if self.coalescer is not None:
                 self.coalescer.check(self.store, self.destination, handle.backend, handle.bucket, now)
             # Load only what the pace sends in a few seconds, so a slow destination comes back
@@ -160,6 +165,9 @@ class DestinationWorker:
                     break
                 await current.bucket.take()
                 if self.stopped.is_set():
+                    break
+                if not self.store.holds(item, self.clock.time()):
+                    # A shared store's claim on the row would run out mid-send: claim again first.
                     break
                 outcome = await self.deliver(current, item, attempts)
                 if not outcome.sent and not outcome.permanent:

@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 
 import psycopg
 from fedmsg_notify.backend import Destination, Item
+from fedmsg_notify.store import pg_digest
 from fedmsg_notify.store.pg_schema import migrate
 from fedmsg_notify.store.sqlite import (
-    MERGED_META_CAP,
     Accepted,
     DestinationStatus,
     DigestEntry,
@@ -58,7 +58,9 @@ class StoreUnavailable(OSError):
     """The database cannot be reached right now (the caller retries later)."""
 
 
-_ITEM_COLUMNS = "id, msg_id, account, recipient, rule, topic, service, rendered, options, meta, timestamp, count, attempts"
+_ITEM_COLUMNS = (
+    "id, msg_id, account, recipient, rule, topic, service, rendered, options, meta, timestamp, count, attempts"
+)
 
 _ACCEPT_DELIVERY = """
 WITH first AS (
@@ -98,8 +100,8 @@ def safe_url(url: str) -> str:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "postgresql://(unparsable URL)"
-    host, port, db, user = info.get("host"), info.get("port"), info.get("dbname"), info.get("user")
-    return f"postgresql://{user + '@' if user else ''}{host or ''}{':' + str(port) if port else ''}/{db or ''}"
+    host, port, db, user = (str(info.get(key) or "") for key in ("host", "port", "dbname", "user"))
+    return f"postgresql://{user + '@' if user else ''}{host}{':' + port if port else ''}/{db}"
 
 
 class Outbox:
@@ -239,9 +241,8 @@ class Outbox:
     # -- the delivery queue -----------------------------------------------------------
 
     def pending_destinations(self) -> list[Destination]:
-        rows = self._call(
-            lambda db: db.execute("SELECT DISTINCT account, recipient FROM deliveries WHERE state = 'queued'").fetchall()
-        )
+        query = "SELECT DISTINCT account, recipient FROM deliveries WHERE state = 'queued'"
+        rows = self._call(lambda db: db.execute(query).fetchall())
         return [_destination(row["account"], row["recipient"]) for row in rows]
 
     def window(self, destination: Destination, now: float, limit: int) -> list[tuple[Item, int]]:
@@ -264,10 +265,13 @@ class Outbox:
             self._leases[int(row["id"])] = until
         return [(self._item(row), int(row["attempts"])) for row in rows]
 
-    def holds(self, item: Item, until: float) -> bool:
-        """Whether our lease on ``item`` lasts at least until ``until`` (else re-claim before sending)."""
+    def holds(self, item: Item, now: float) -> bool:
+        """Whether at least half of our lease on ``item`` is left (else re-claim it before sending).
+
+        Half the lease must cover one send: the default 60 s lease against the 30 s send timeout.
+        """
         lease = self._leases.get(item.id)
-        return lease is not None and lease >= until
+        return lease is not None and lease - now >= self.lease / 2
 
     @staticmethod
     def _item(row: Row) -> Item:
@@ -410,8 +414,7 @@ class Outbox:
     # -- digests --------------------------------------------------------------------------
 
     def digest_groups(self) -> list[DigestGroup]:
-        rows = self._call(lambda db: db.execute(_GROUPS + " GROUP BY dest, account, recipient").fetchall())
-        return [_group(row) for row in rows]
+        return self._call(pg_digest.groups)
 
     def flush_digest(
         self,
@@ -422,80 +425,8 @@ class Outbox:
         *,
         render_cap: int = 100,
     ) -> tuple[int, int] | None:
-        """Claim up to ``limit`` entries and queue their digest, once across all daemons.
-
-        Serialised per destination by an advisory lock held to the end of the transaction;
-        under it the digest must still be due (``max`` reached or ``every`` passed), so a
-        daemon that decided to flush a moment after another one did finds nothing to do.
-        """
-
-        def work(db: psycopg.Connection[Row]) -> tuple[int, int] | None:
-            with db.transaction():
-                db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"digest:{destination.key}",))
-                group = db.execute(_GROUPS + " AND dest = %s GROUP BY dest, account, recipient", (destination.key,))
-                found = group.fetchone()
-                due = None if found is None else _group(found).due_at()
-                if due is None or due > now:
-                    return None
-                rows = db.execute(
-                    "SELECT * FROM digest_entries WHERE dest = %s AND flushed_into IS NULL ORDER BY id LIMIT %s",
-                    (destination.key, limit),
-                ).fetchall()
-                if not rows:
-                    return None
-                entries = [self._entry(row) for row in rows[:render_cap]]
-                total = len(rows)
-                rendered, msg_id = render(entries, total)
-                first = entries[0]
-                services = {row["service"] for row in rows}
-                created = db.execute(
-                    "INSERT INTO deliveries (dest, account, recipient, kind, msg_id, rule, topic, service, rendered,"
-                    " options, meta, timestamp, count, next_attempt, created)"
-                    " VALUES (%s,%s,%s,'digest',%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
-                    (
-                        destination.key,
-                        destination.account,
-                        destination.to,
-                        msg_id,
-                        first.rule,
-                        first.topic if total == 1 else "",
-                        services.pop() if len(services) == 1 else "various",
-                        _dumps(dict(rendered)),
-                        _dumps(dict(first.options)),
-                        _dumps(dict(first.meta) if total == 1 else _merged_meta(rows)),
-                        float(rows[-1]["timestamp"]),
-                        total,
-                        now,
-                        now,
-                    ),
-                ).fetchone()
-                assert created is not None
-                db.execute(
-                    "UPDATE digest_entries SET flushed_into = %s WHERE id = ANY(%s) AND flushed_into IS NULL",
-                    (created["id"], [row["id"] for row in rows]),
-                )
-                return int(created["id"]), total
-
-        return self._call(work)
-
-    @staticmethod
-    def _entry(row: Row) -> DigestEntry:
-        return DigestEntry(
-            id=int(row["id"]),
-            msg_id=row["msg_id"],
-            destination=_destination(row["account"], row["recipient"]),
-            rule=row["rule"],
-            rule_file=row["rule_file"],
-            template=row["template"],
-            options=json.loads(row["options"]),
-            topic=row["topic"],
-            service=row["service"],
-            envelope=json.loads(row["envelope"]),
-            meta=_loads_text(row["meta"]),
-            rendered=_loads_text(row["rendered"]),
-            timestamp=float(row["timestamp"]),
-            created=float(row["created"]),
-        )
+        """Claim up to ``limit`` entries and queue their digest, once across all daemons (see :mod:`pg_digest`)."""
+        return self._call(lambda db: pg_digest.flush_digest(db, destination, limit, render, now, render_cap=render_cap))
 
     # -- counters, status, housekeeping ---------------------------------------------------
 
@@ -551,22 +482,6 @@ class Outbox:
         return self._call(work)
 
 
-_GROUPS = (
-    "SELECT account, recipient, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every, MIN(max) AS max"
-    " FROM digest_entries WHERE flushed_into IS NULL"
-)
-
-
-def _group(row: Row) -> DigestGroup:
-    return DigestGroup(
-        destination=_destination(row["account"], row["recipient"]),
-        count=int(row["n"]),
-        first_created=float(row["first"]),
-        every=None if row["every"] is None else float(row["every"]),
-        max=None if row["max"] is None else int(row["max"]),
-    )
-
-
 def _insert_many(cursor: psycopg.Cursor[Row], query: str, rows: list[dict[str, Any]]) -> list[bool]:
     """Run ``query`` once per row in one pipelined batch; whether each inserted a row."""
     if not rows:
@@ -578,20 +493,3 @@ def _insert_many(cursor: psycopg.Cursor[Row], query: str, rows: list[dict[str, A
         if not cursor.nextset():
             break
     return stored
-
-
-def _merged_meta(rows: Sequence[Row]) -> dict[str, Any]:
-    """The union of the services, usernames and packages of a digest's entries."""
-    services: dict[str, None] = {}
-    usernames: dict[str, None] = {}
-    packages: dict[str, None] = {}
-    for row in rows:
-        services.setdefault(row["service"], None)
-        meta = _loads_text(row["meta"])
-        for name in meta.get("usernames") or ():
-            if len(usernames) < MERGED_META_CAP:
-                usernames.setdefault(str(name), None)
-        for name in meta.get("packages") or ():
-            if len(packages) < MERGED_META_CAP:
-                packages.setdefault(str(name), None)
-    return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}
