@@ -43,6 +43,7 @@ class Daemon(Protocol):
 
     def worker(self, destination: Destination) -> Any: ...
 
+
 log = logging.getLogger(__name__)
 
 TICK = 1.0
@@ -54,10 +55,12 @@ def _password(config: Config) -> str | None:
     return config.state_password_file.read_text(encoding="utf-8").strip()
 
 
-def open_shared_store(config: Config, owner: str) -> SharedOutbox:
+def open_shared_store(config: Config, owner: str, *, readonly: bool = False) -> SharedOutbox:
     """The PostgreSQL store of ``config``; a failure reads like a config error, without the password."""
     try:
-        return SharedOutbox(config.state_url or "", owner=owner, password=_password(config), lease=config.state_lease)
+        return SharedOutbox(
+            config.state_url or "", owner=owner, password=_password(config), lease=config.state_lease, readonly=readonly
+        )
     except Exception as exc:
         where = Position(config.source, 1, 1)
         raise ProblemsError([Problem(where, f"state: cannot open the PostgreSQL store: {exc}")]) from exc

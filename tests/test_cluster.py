@@ -6,8 +6,11 @@ them queue each); the daemons then compete for the queued rows through leases.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -19,14 +22,21 @@ import pytest
 from fedmsg_notify.bus.zeromq import Publisher
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.config.yaml_positions import ProblemsError
-from fedmsg_notify.testing import envelopes
+from fedmsg_notify.testing import envelopes, read_recording
 
 from tests.conftest import free_port
-from tests.postgresserver import PostgresServer, _bindir, pg_url, postgres_server  # noqa: F401 (fixtures)
+from tests.postgresserver import PostgresServer, _bindir, postgres_server  # noqa: F401 (fixture)
 from tests.smtpserver import Handler, smtp_server
 from tests.test_lifecycle import BODHI, DaemonProcess, NotifySocket, until
 
 TO = "someone@example.org"
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database of the session's PostgreSQL cluster."""
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
 
 
 @pytest.fixture
@@ -45,7 +55,9 @@ def started() -> Iterator[list[DaemonProcess]]:
         proc.notify.close()
 
 
-def write_config(tmp: Path, name: str, bus: str, smtp_port: int, url: str, deliver: str, lease: float = 3.0) -> Path:
+def write_config(
+    tmp: Path, name: str, bus: str, smtp_port: int, url: str, deliver: str, lease: float = 3.0, extra: str = ""
+) -> Path:
     """One daemon's config: its own file and log, the shared bus, SMTP server and database."""
     folder = tmp / name
     (folder / "rules").mkdir(parents=True)
@@ -58,6 +70,7 @@ def write_config(tmp: Path, name: str, bus: str, smtp_port: int, url: str, deliv
         "accounts:\n"
         f'  mail: {{backend: email, smtp: "smtp://127.0.0.1:{smtp_port}", from: "n@example.org",'
         " rate: 100000, burst: 100000}\n"
+        f"{extra}"
         f"rules: [{folder / 'rules'}]\n"
         f"state: {url}\n"
         f"state_lease: {lease}\n"
@@ -169,6 +182,18 @@ def test_two_daemons_mail_2000_messages_once_and_share_the_work(
     split = sent_per_daemon(pg_url)
     print(f"sends per daemon: {split}")
     assert len(split) == 2 and min(split) > 0, f"one daemon did all the work: {split}"
+    # `status` shows the cluster: both daemons alive, with what each sent.
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmsg_notify", "status", "-c", str(tmp_path / "a" / "config.yaml"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    assert sorted(d["sent"] for d in report["cluster"]) == sorted(split)
+    assert all(d["alive"] for d in report["cluster"])
+    assert report["destinations"][0]["sent"] == 2000
 
 
 def test_kill_9_one_daemon_the_other_takes_over_its_leases(
@@ -245,3 +270,38 @@ def test_postgresql_restart_mid_stream_loses_nothing(
         assert all(proc.proc.poll() is None for proc in started), "a daemon died with the database"
     finally:
         server.close()
+
+
+def connections(path: Path) -> list[tuple[str, int]]:
+    file = Path(f"{path}.connections")
+    if not file.exists():
+        return []
+    return [(kind, int(pid)) for kind, pid, _ in (line.split() for line in file.read_text().splitlines())]
+
+
+def test_a_connection_bound_account_has_one_holder_and_fails_over_after_kill_9(
+    tmp_path: Path, pg_url: str, smtp: tuple[int, Handler], started: list[DaemonProcess]
+) -> None:
+    """Like an IRC connection: only one daemon opens it; kill -9 that one and the other opens it and sends the rest."""
+    port, _ = smtp
+    bus = f"tcp://127.0.0.1:{free_port()}"
+    record = tmp_path / "chat.log"
+    extra = f"  chat: {{backend: 'fedmsg_notify.testing:ConnectionBoundRecorder', path: '{record}'}}\n"
+    procs = [
+        start(tmp_path, name, write_config(tmp_path, name, bus, port, pg_url, "{via: chat}", extra=extra), started)
+        for name in ("a", "b")
+    ]
+    sender = publish(bus, 600, pace=0.2)
+    until(lambda: len(read_recording(record)) >= 100, 60, "deliveries under way")
+    [(kind, holder)] = connections(record)
+    assert kind == "start"
+    victim = next(p for p in procs if p.proc.pid == holder)
+    survivor = next(p for p in procs if p.proc.pid != holder)
+    victim.proc.kill()
+    assert victim.wait() == -signal.SIGKILL
+    sender.join(120)
+    until(lambda: len({m for _, m, _ in read_recording(record)}) >= 600, 90, "every line after the failover")
+    assert connections(record) == [("start", holder), ("start", survivor.proc.pid)]
+    per_msg = Counter(m for _, m, _ in read_recording(record))
+    assert len(per_msg) == 600
+    assert sum(n - 1 for n in per_msg.values()) <= 1
