@@ -305,3 +305,58 @@ def test_a_connection_bound_account_has_one_holder_and_fails_over_after_kill_9(
     per_msg = Counter(m for _, m, _ in read_recording(record))
     assert len(per_msg) == 600
     assert sum(n - 1 for n in per_msg.values()) <= 1
+
+
+async def test_an_irc_account_under_two_daemons_one_connection_then_failover(
+    tmp_path: Path, pg_url: str, smtp: tuple[int, Handler], started: list[DaemonProcess]
+) -> None:
+    """Real ngircd: one daemon holds the IRC connection; kill -9 it, the other connects and sends every remaining line."""
+    import asyncio
+
+    from tests.ircserver import Listener, Ngircd
+
+    server = Ngircd(tmp_path / "irc", throttle=False)
+    server.start()
+    watcher = Listener(server.port, "watcher")
+    try:
+        await watcher.connect()
+        await watcher.join("#cluster")
+        port, _ = smtp
+        bus = f"tcp://127.0.0.1:{free_port()}"
+        extra = f"  chat: {{backend: irc, server: 'irc://127.0.0.1:{server.port}', nick: fedbot, rate: 20, burst: 5}}\n"
+        deliver = "{via: chat, to: '#cluster'}"
+        procs = [
+            await asyncio.to_thread(
+                start, tmp_path, name, write_config(tmp_path, name, bus, port, pg_url, deliver, extra=extra), started
+            )
+            for name in ("a", "b")
+        ]
+        sender = publish(bus, 120, pace=1.0)
+        await watcher.wait_for(20, "#cluster", timeout=60)
+
+        def holder() -> str:
+            with psycopg.connect(pg_url) as db:
+                row = db.execute("SELECT daemon FROM holders WHERE account = 'chat'").fetchone()
+                return str(row[0]) if row else ""
+
+        first = holder()
+        victim = next(p for p in procs if f":{p.proc.pid}:" in first)
+        survivor = next(p for p in procs if p is not victim)
+        joins = [line for line in watcher.raw if " JOIN " in line and line.startswith(":fedbot")]
+        assert len(joins) == 1, joins
+        victim.proc.kill()
+        assert await asyncio.to_thread(victim.wait) == -signal.SIGKILL
+        await asyncio.to_thread(sender.join, 120)
+        lines = await watcher.wait_for(120, "#cluster", timeout=120)
+        assert f":{survivor.proc.pid}:" in holder()
+        # Every line arrived; only the one in flight at the kill may have come twice.
+        assert 120 <= len(lines) <= 121, len(lines)
+
+        def all_sent() -> bool:
+            with psycopg.connect(pg_url) as db:
+                return db.execute("SELECT COUNT(*) FROM deliveries WHERE state <> 'sent'").fetchone() == (0,)
+
+        await asyncio.to_thread(until, all_sent, 30, "every delivery marked sent")
+    finally:
+        await watcher.close()
+        server.stop()
