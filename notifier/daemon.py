@@ -142,7 +142,7 @@ class Daemon:
         log.info(
             "listening on %s; state in %s; %d destination(s) with queued deliveries",
             ", ".join(self.config.endpoints) or "(no endpoints)",
-            self.config.state_path,
+            getattr(store, "path", self.config.state_path),
             len(self.workers),
         )
         systemd.ready()
@@ -208,7 +208,7 @@ class Daemon:
             log.exception("reload refused; still running the previous configuration")
             systemd.ready()
             return False
-        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue"):
+        for what in ("endpoints", "subscribe", "state_path", "state_url", "max_message_bytes", "receive_queue"):
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
@@ -229,7 +229,12 @@ class Daemon:
 
     def _open_store(self) -> Outbox:
         if self.config.state_url is not None:
-            from fedmsg_notify.daemon_cluster import open_shared_store
+            try:
+                from fedmsg_notify.daemon_cluster import open_shared_store
+            except ImportError as exc:
+                where = Position(self.config.source, 1, 1)
+                problem = f"state: a PostgreSQL store needs psycopg: pip install 'fedmsg-notify[postgresql]' ({exc})"
+                raise ProblemsError([Problem(where, problem)]) from exc
 
             # The shared store has the same interface (see store/postgresql.py); typed as the embedded one.
             return cast(Outbox, open_shared_store(self.config, self.daemon_id))

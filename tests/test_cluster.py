@@ -360,3 +360,13 @@ async def test_an_irc_account_under_two_daemons_one_connection_then_failover(
     finally:
         await watcher.close()
         server.stop()
+
+
+def test_status_of_a_database_no_daemon_has_used_says_so(tmp_path: Path, pg_url: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state: {pg_url}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmsg_notify", "status", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert "no daemon has run with it" in out.stderr

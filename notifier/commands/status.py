@@ -108,13 +108,17 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _run_cluster_status(args: argparse.Namespace, config: Any) -> int:
     """The same report from a shared PostgreSQL store, with the cluster's daemons and account holders."""
+    import psycopg
     from fedmsg_notify.commands.status_cluster import cluster_json, read_cluster, render_cluster
     from fedmsg_notify.config.yaml_positions import ProblemsError
 
     now = time.time()
     try:
         path, rows, counters, daemons = read_cluster(config, now)
-    except (ProblemsError, OSError) as exc:
+    except psycopg.errors.UndefinedTable:
+        print("the shared state database has no tables yet; no daemon has run with it", file=sys.stderr)
+        return 1
+    except (ProblemsError, OSError, psycopg.Error) as exc:
         print(f"cannot read the shared state: {exc}", file=sys.stderr)
         return 1
     if getattr(args, "json", False):
