@@ -56,7 +56,7 @@ def started() -> Iterator[list[DaemonProcess]]:
 
 
 def write_config(
-    tmp: Path, name: str, bus: str, smtp_port: int, url: str, deliver: str, lease: float = 3.0, extra: str = ""
+    tmp: Path, name: str, bus: str, smtp_port: int, url: str, deliver: str, lease: float = 10.0, extra: str = ""
 ) -> Path:
     """One daemon's config: its own file and log, the shared bus, SMTP server and database."""
     folder = tmp / name
@@ -202,8 +202,11 @@ def test_kill_9_one_daemon_the_other_takes_over_its_leases(
     """Killing a daemon mid-flood loses nothing: its claimed rows go to the other after the lease."""
     port, handler = smtp
     bus = f"tcp://127.0.0.1:{free_port()}"
-    a = start(tmp_path, "a", write_config(tmp_path, "a", bus, port, pg_url, f"{{via: mail, to: {TO}}}"), started)
-    start(tmp_path, "b", write_config(tmp_path, "b", bus, port, pg_url, f"{{via: mail, to: {TO}}}"), started)
+    # A short lease, so the takeover comes soon after the kill (it must still cover a send and
+    # any stall of the event loop on this loaded machine, or a live daemon's row is taken over).
+    deliver = f"{{via: mail, to: {TO}}}"
+    a = start(tmp_path, "a", write_config(tmp_path, "a", bus, port, pg_url, deliver, lease=5.0), started)
+    start(tmp_path, "b", write_config(tmp_path, "b", bus, port, pg_url, deliver, lease=5.0), started)
     sender = publish(bus, 2000, pace=0.1)
     until(lambda: mails(handler) >= 200, 120, "deliveries under way")
     a.proc.kill()
