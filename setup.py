@@ -51,6 +51,8 @@ EXTRAS = {
         "anitya-schema",
         "noggin-messages",
     ],
+    # `state: postgresql://...`: several daemons sharing one store.
+    "postgresql": ["psycopg[binary]>=3.1"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [

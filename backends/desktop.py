@@ -516,6 +516,7 @@ def _imports() -> tuple[Any, Any]:
 
 class DesktopBackend(Backend):
     name: ClassVar[str] = "desktop"
+    connection_bound: ClassVar[bool] = True
     parts: ClassVar[tuple[str, ...]] = ("summary", "body")
     line_parts: ClassVar[frozenset[str]] = frozenset({"summary"})
     # A burst of 4 popups, then one per 10 s: a backlog of more than a minute of that

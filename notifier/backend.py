@@ -113,6 +113,9 @@ class Backend:
     # Lower where checking again is cheap and waiting is costly to the user.
     retry_cap: ClassVar[float | None] = None
     needs_recipient: ClassVar[bool] = False
+    # Holds one connection or session per account (IRC, a desktop bus): with several daemons
+    # on a shared store, only the one holding the account's lock sends there.
+    connection_bound: ClassVar[bool] = False
     extra: ClassVar[str | None] = None
     Account: ClassVar[type[AccountOptions]] = AccountOptions
     Options: ClassVar[type[StrictModel]] = NoOptions

@@ -20,11 +20,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
 import signal
+import socket
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fedmsg_notify import systemd
 from fedmsg_notify.backend import Destination
@@ -46,6 +50,9 @@ from fedmsg_notify.meta.engine import MetaEngine
 from fedmsg_notify.render.renderer import Renderer
 from fedmsg_notify.store.faults import BadStateFile, check_state_file
 from fedmsg_notify.store.sqlite import DigestEntry, Outbox
+
+if TYPE_CHECKING:
+    from fedmsg_notify.store.pg_cluster import AccountLocks
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,9 @@ class Daemon:
             for name, account in config.accounts.items()
         }
         self.store: Outbox | None = None
+        # This daemon's name in a shared (PostgreSQL) store's leases, heartbeats and account locks.
+        self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.locks: AccountLocks | None = None
         self.subscriber: Subscriber | None = None
         self.amqp: AmqpSubscriber | None = None
         self.workers: dict[str, DestinationWorker] = {}
@@ -115,7 +125,9 @@ class Daemon:
         pruned = store.prune(self.clock.time())
         if pruned:
             log.info("pruned %d finished rows older than the retention", pruned)
-        await self._start_backends(self.handles.values())
+        if getattr(store, "cluster", False):
+            self._start_cluster()
+        await self._start_backends(h for name, h in self.handles.items() if self._serves(name))
         for destination in store.pending_destinations():
             self.worker(destination)
         self.digests = DigestScheduler(store, self._render_digest, lambda d: self.worker(d).notify(), clock=self.clock)
@@ -147,7 +159,7 @@ class Daemon:
             "listening on %s; state in %s; %d destination(s) with queued deliveries",
             ", ".join([*self.config.endpoints, *([self.config.amqp.redacted_url] if self.config.amqp else [])])
             or "(no endpoints)",
-            self.config.state_path,
+            getattr(store, "path", self.config.state_path),
             len(self.workers),
         )
         systemd.ready()
@@ -171,7 +183,7 @@ class Daemon:
             worker = DestinationWorker(
                 destination,
                 self.store,
-                self.handles.get,
+                self._handle,
                 clock=self.clock,
                 policy=self.policy,
                 coalescer=self.coalescer,
@@ -220,7 +232,7 @@ class Daemon:
             log.exception("reload refused; still running the previous configuration")
             systemd.ready()
             return False
-        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue", "amqp"):
+        for what in ("endpoints", "subscribe", "state_path", "state_url", "max_message_bytes", "receive_queue", "amqp"):
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
@@ -228,7 +240,7 @@ class Daemon:
         self._save_counters()
         self.verifier, self._saved_refused = verifier, Counter()
         for worker in self.workers.values():
-            worker.handles = self.handles.get
+            worker.handles = self._handle
             worker.notify()
         for handle in retired:
             self._spawn(handle.close(self.shutdown_timeout), "close retired backend")
@@ -240,6 +252,16 @@ class Daemon:
     # -- internals -----------------------------------------------------------------------
 
     def _open_store(self) -> Outbox:
+        if self.config.state_url is not None:
+            try:
+                from fedmsg_notify.daemon_cluster import open_shared_store
+            except ImportError as exc:
+                where = self.config.state_where or Position(self.config.source, 1, 1)
+                problem = f"state: a PostgreSQL store needs psycopg: pip install 'fedmsg-notify[postgresql]' ({exc})"
+                raise ProblemsError([Problem(where, problem)]) from exc
+
+            # The shared store has the same interface (see store/postgresql.py); typed as the embedded one.
+            return cast(Outbox, open_shared_store(self.config, self.daemon_id))
         # Reported like a config error: the fix is the `state:` setting, its file or its directory.
         where = self.config.state_where or Position(self.config.source, 1, 1)
         try:
@@ -261,6 +283,25 @@ class Daemon:
     def _count_refused(self, refused: int) -> None:
         if refused and self.store is not None:
             self.store.add_counters({"refused.storage": refused})
+
+    def _serves(self, account: str) -> bool:
+        """Whether this daemon sends for ``account`` now: always, unless it is connection-bound and held elsewhere."""
+        if self.locks is None:
+            return True
+        account_config = self.config.accounts.get(account)
+        if account_config is None or not account_config.backend.connection_bound:
+            return True
+        return account in self.locks.held
+
+    def _handle(self, account: str) -> BackendHandle | None:
+        return self.handles.get(account) if self._serves(account) else None
+
+    def _start_cluster(self) -> None:
+        from fedmsg_notify.daemon_cluster import ClusterMember
+
+        member = ClusterMember(self, time.time())
+        self.locks = member.locks
+        self._spawn(member.run(), "cluster")
 
     def _reuse_handles(self, config: Config) -> tuple[dict[str, BackendHandle], list[BackendHandle]]:
         """Keep an account's running backend when its settings did not change (no IRC reconnect)."""
@@ -346,7 +387,14 @@ class Daemon:
             # Store in slices, yielding between them: a 512-message burst would otherwise hold
             # the event loop for a few hundred milliseconds while the workers wait.
             for start in range(0, len(batch), INTAKE_SLICE):
-                self.accept(batch[start : start + INTAKE_SLICE])
+                while True:
+                    try:
+                        self.accept(batch[start : start + INTAKE_SLICE])
+                        break
+                    except OSError as exc:
+                        # The shared store is restarting: hold the slice (the bus buffers the rest) and retry.
+                        log.warning("storing messages failed, retrying in 0.5 s: %s", exc)
+                        await asyncio.sleep(0.5)
                 await asyncio.sleep(0)
 
     def _render_digest(self, destination: Destination, entries: Sequence[DigestEntry], total: int) -> Mapping[str, str]:
@@ -453,6 +501,8 @@ class Daemon:
         self._save_counters()
         for handle in self.handles.values():
             await handle.close(grace=0)
+        if self.locks is not None:
+            self.locks.close()
         if self.store is not None:
             queued = sum(self.store.pending_count(w.destination) for w in self.workers.values())
             log.info("stopped; %d deliveries stay queued for the next start", queued)

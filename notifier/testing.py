@@ -120,6 +120,27 @@ class RecordingBackend(Backend):
             _append(self.options.path, f"{item.id} {item.msg_id} {item.destination}\n")
 
 
+class ConnectionBoundRecorder(RecordingBackend):
+    """A :class:`RecordingBackend` that behaves like an IRC connection in a cluster.
+
+    ``connection_bound``: with several daemons on a shared store only the holder of the
+    account's lock starts it. Each start and close appends ``start|close <pid> <time>``
+    to ``<path>.connections``, so a test sees which daemon held the account and when.
+    """
+
+    connection_bound: ClassVar[bool] = True
+
+    async def start(self) -> None:
+        await super().start()
+        if self.options.path:
+            _append(self.options.path + ".connections", f"start {os.getpid()} {time.time()}\n")
+
+    async def close(self) -> None:
+        await super().close()
+        if self.options.path:
+            _append(self.options.path + ".connections", f"close {os.getpid()} {time.time()}\n")
+
+
 class NullBackend(Backend):
     """Accepts every delivery at once and keeps only counts and times: the benchmark's sink.
 

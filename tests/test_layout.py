@@ -76,6 +76,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "fedmsg_notify.config.redact": ("fedmsg_notify.",),
     "fedmsg_notify.config.validation": ("fedmsg_notify.bus", "fedmsg_notify.backends", "fedmsg_notify.config.model"),
     "fedmsg_notify.daemon": ("fedmsg_notify.commands",),
+    "fedmsg_notify.daemon_cluster": ("fedmsg_notify.commands",),
 }
 
 # Stages that must stay free of the command line and of each other's tops.

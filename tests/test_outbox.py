@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fedmsg_notify.backend import Destination, Item
 from fedmsg_notify.store.sqlite import NewDelivery, Outbox
+
+from tests.postgresserver import postgres_server  # noqa: F401 (fixture)
+
+# The interface tests run against both stores: SQLite (embedded) and PostgreSQL (shared).
+Store = Any
 
 IRC = Destination("irc", "#fedora")
 MAIL = Destination("mail", "a@example.org")
@@ -19,20 +25,47 @@ def delivery(msg_id: str, dest: Destination = IRC, service: str = "bodhi") -> Ne
     return NewDelivery(msg_id, dest, "rule", f"org.fedoraproject.prod.{service}.x", service, {"text": msg_id})
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Opens (and reopens) one store of the parametrised kind."""
+    if request.param == "sqlite":
+        return lambda: Outbox(tmp_path / "state.db")
+    from fedmsg_notify.store.postgresql import Outbox as PgOutbox
+
+    url = request.getfixturevalue("postgres_server").create_database()
+    return lambda: PgOutbox(url, owner="test")
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Outbox]:
+def store(opener: Callable[[], Store]) -> Iterator[Store]:
+    outbox = opener()
+    yield outbox
+    outbox.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Outbox]:
     outbox = Outbox(tmp_path / "state.db")
     yield outbox
     outbox.close()
 
 
-def test_wal_mode_and_durable_settings(store: Outbox) -> None:
+def count(store: Store, query: str, *args: Any) -> int:
+    """``SELECT COUNT(*) …`` in either store (``?`` placeholders)."""
+    if isinstance(store, Outbox):
+        return int(store.db.execute(query, args).fetchone()[0])
+    row = store.db.execute(query.replace("?", "%s"), args).fetchone()
+    return int(next(iter(row.values())))
+
+
+def test_wal_mode_and_durable_settings(sqlite_store: Outbox) -> None:
     """The store survives a crash of the process (WAL, synchronous=NORMAL)."""
+    store = sqlite_store
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
-def test_same_message_twice_to_a_destination_is_stored_once(store: Outbox) -> None:
+def test_same_message_twice_to_a_destination_is_stored_once(store: Store) -> None:
     """A replayed message, or two rules routing it to the same place, reaches the destination once."""
     first = store.accept([delivery("m1"), delivery("m1"), delivery("m1", MAIL)], now=NOW)
     assert first.deliveries == {IRC, MAIL}
@@ -42,32 +75,39 @@ def test_same_message_twice_to_a_destination_is_stored_once(store: Outbox) -> No
     assert store.pending_count(IRC) == 1
 
 
-def test_dedup_survives_reopening(tmp_path: Path) -> None:
+def test_dedup_survives_reopening(opener: Callable[[], Store]) -> None:
     """After a restart, a message delivered before is not delivered again."""
-    store = Outbox(tmp_path / "s.db")
+    store = opener()
     store.accept([delivery("m1")], now=NOW)
     [(item, _)] = store.window(IRC, NOW, 10)
     store.mark_sent(item, NOW)
     store.close()
-    reopened = Outbox(tmp_path / "s.db")
+    reopened = opener()
     assert reopened.accept([delivery("m1")], now=NOW + 60).duplicates == 1
     assert reopened.pending_count(IRC) == 0
     reopened.close()
 
 
-def test_a_batch_is_one_transaction(store: Outbox) -> None:
+def test_a_batch_is_one_transaction(store: Store) -> None:
     """A failure while storing a batch stores none of it, so nothing is half-accepted."""
     # A constraint that rejects the second row of the batch, as a full disk would.
-    store.db.execute(
-        "CREATE TRIGGER boom BEFORE INSERT ON deliveries WHEN NEW.msg_id = 'm2' BEGIN SELECT RAISE(ABORT, 'boom'); END"
-    )
-    with pytest.raises(sqlite3.IntegrityError, match="boom"):
+    if isinstance(store, Outbox):
+        store.db.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON deliveries WHEN NEW.msg_id = 'm2' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+        )
+        error: type[Exception] = sqlite3.IntegrityError
+    else:
+        import psycopg
+
+        store.db.execute("ALTER TABLE deliveries ADD CONSTRAINT boom CHECK (msg_id <> 'm2')")
+        error = psycopg.errors.CheckViolation
+    with pytest.raises(error, match="boom"):
         store.accept([delivery("m1"), delivery("m2")], now=NOW)
     assert store.pending_count(IRC) == 0
-    assert store.db.execute("SELECT COUNT(*) FROM accepted").fetchone()[0] == 0
+    assert count(store, "SELECT COUNT(*) FROM accepted") == 0
 
 
-def test_window_is_bounded_and_in_order(store: Outbox) -> None:
+def test_window_is_bounded_and_in_order(store: Store) -> None:
     """Workers read a bounded window of the backlog, oldest first, and only what is due."""
     store.accept([delivery(f"m{n}") for n in range(10)], now=NOW)
     window = store.window(IRC, NOW, 4)
@@ -78,7 +118,7 @@ def test_window_is_bounded_and_in_order(store: Outbox) -> None:
     assert [item.msg_id for item, _ in store.window(IRC, NOW + 30, 1)] == ["m0"]
 
 
-def test_outcomes_show_in_status(store: Outbox) -> None:
+def test_outcomes_show_in_status(store: Store) -> None:
     """Status tells sent, retrying (with reason and time) and failed (with reason) apart."""
     store.accept([delivery(f"m{n}") for n in range(4)], now=NOW)
     items = [item for item, _ in store.window(IRC, NOW, 10)]
@@ -91,7 +131,7 @@ def test_outcomes_show_in_status(store: Outbox) -> None:
     assert (row.last_failure, row.last_success) == ("550 mailbox unavailable", NOW + 1)
 
 
-def test_render_errors_are_stored_as_failures(store: Outbox) -> None:
+def test_render_errors_are_stored_as_failures(store: Store) -> None:
     """A template error for one message shows up in status instead of vanishing."""
     broken = NewDelivery("m1", IRC, "rule", "t", "svc", {}, error="template error: boom")
     accepted = store.accept([broken], now=NOW)
@@ -104,7 +144,7 @@ def _summarise(items: Sequence[Item]) -> dict[str, str]:
     return {"text": f"{sum(i.count for i in items)} more"}
 
 
-def test_coalesce_merges_oldest_and_counts_everything(store: Outbox) -> None:
+def test_coalesce_merges_oldest_and_counts_everything(store: Store) -> None:
     """A flood is merged into a summary sent in the merged rows' place; nothing vanishes uncounted."""
     store.accept([delivery(f"m{n}") for n in range(10)], now=NOW)
     summary = store.coalesce(IRC, 6, _summarise, NOW)
@@ -115,7 +155,7 @@ def test_coalesce_merges_oldest_and_counts_everything(store: Outbox) -> None:
         ("m6", 1, "m6"),
     ]
     assert len(window) == 5
-    merged = store.db.execute("SELECT COUNT(*) FROM deliveries WHERE merged_into = ?", (summary,)).fetchone()[0]
+    merged = count(store, "SELECT COUNT(*) FROM deliveries WHERE merged_into = ?", summary)
     assert merged == 6
     # Merging the summary again counts only the messages not counted before.
     store.coalesce(IRC, 3, _summarise, NOW)
@@ -124,7 +164,7 @@ def test_coalesce_merges_oldest_and_counts_everything(store: Outbox) -> None:
     assert [i.count for i, _ in store.window(IRC, NOW, 10)] == [8, 1, 1]
 
 
-def test_prune_forgets_only_old_finished_work(store: Outbox) -> None:
+def test_prune_forgets_only_old_finished_work(store: Store) -> None:
     """The database does not grow forever, and nothing still queued is pruned."""
     store.accept([delivery("old"), delivery("queued")], now=NOW)
     old, _ = store.window(IRC, NOW, 1)[0]
@@ -133,18 +173,18 @@ def test_prune_forgets_only_old_finished_work(store: Outbox) -> None:
     assert [i.msg_id for i, _ in store.window(IRC, NOW + 8 * 86400, 10)] == ["queued"]
 
 
-def test_sent_rows_go_after_a_day_but_dedup_is_kept_a_week(store: Outbox) -> None:
+def test_sent_rows_go_after_a_day_but_dedup_is_kept_a_week(store: Store) -> None:
     """Rendered text of sent deliveries must not pile up for a week, yet a replay two days later is still a duplicate."""
     store.accept([delivery("m1")], now=NOW)
     item, _ = store.window(IRC, NOW, 1)[0]
     store.mark_sent(item, NOW)
     store.prune(NOW + 2 * 86400)
-    assert store.db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 0
+    assert count(store, "SELECT COUNT(*) FROM deliveries") == 0
     store.accept([delivery("m1")], now=NOW + 2 * 86400)
     assert store.window(IRC, NOW + 2 * 86400, 10) == []
 
 
-def test_counters_accumulate(store: Outbox) -> None:
+def test_counters_accumulate(store: Store) -> None:
     """Malformed-message counts add up across daemon runs."""
     store.add_counters({"malformed.not-json": 2})
     store.add_counters({"malformed.not-json": 3, "malformed.too-big": 1, "zero": 0})
@@ -158,7 +198,7 @@ def test_readonly_open_of_a_missing_database_says_where(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing.db").exists()
 
 
-def test_coalescer_makes_any_backends_summary_inert(store: Outbox) -> None:
+def test_coalescer_makes_any_backends_summary_inert(store: Store) -> None:
     """Whatever a backend's summariser writes, a line part of the stored summary has no CR, LF or NUL."""
     from fedmsg_notify.backends.console import ConsoleBackend
     from fedmsg_notify.clock import FakeClock

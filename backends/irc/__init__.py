@@ -172,6 +172,7 @@ class IRCOptions(StrictModel):
 
 class IRCBackend(Backend):
     name: ClassVar[str] = "irc"
+    connection_bound: ClassVar[bool] = True
     parts: ClassVar[tuple[str, ...]] = ("line",)
     line_parts: ClassVar[frozenset[str]] = frozenset({"line"})
     # The default pace is one line every two seconds after a burst of four, per

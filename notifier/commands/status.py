@@ -127,6 +127,8 @@ def run_status(args: argparse.Namespace) -> int:
     from fedmsg_notify.config.model import load_cli_config
 
     config = load_cli_config(args.config)
+    if config.state_url is not None:
+        return _run_cluster_status(args, config)
     path = str(config.state_path)
     try:
         store = Outbox(config.state_path, readonly=True)
@@ -149,4 +151,27 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         text = render_text(path, rows, counters, now, storage)
         print("\n".join([text, *render_amqp(amqp, now)]) if amqp is not None else text)
+    return 0
+
+
+def _run_cluster_status(args: argparse.Namespace, config: Any) -> int:
+    """The same report from a shared PostgreSQL store, with the cluster's daemons and account holders."""
+    import psycopg
+    from fedmsg_notify.commands.status_cluster import cluster_json, read_cluster, render_cluster
+    from fedmsg_notify.config.yaml_positions import ProblemsError
+
+    now = time.time()
+    try:
+        path, rows, counters, daemons = read_cluster(config, now)
+    except psycopg.errors.UndefinedTable:
+        print("the shared state database has no tables yet; no daemon has run with it", file=sys.stderr)
+        return 1
+    except (ProblemsError, OSError, psycopg.Error) as exc:
+        print(f"cannot read the shared state: {exc}", file=sys.stderr)
+        return 1
+    if getattr(args, "json", False):
+        report = {**as_json(path, rows, counters), "cluster": cluster_json(daemons, now)}
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print("\n".join([render_text(path, rows, counters, now), *render_cluster(daemons, now)]))
     return 0

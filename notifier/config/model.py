@@ -121,6 +121,11 @@ class ConfigFile(StrictModel):
     # Directories of per-service metadata files that add to or override the shipped ones.
     services: list[str] = Field(default_factory=list)
     state: str | None = None
+    # `state: postgresql://user@host:port/db` (several daemons, one store): the password
+    # comes from this file, or from libpq's PGPASSFILE / ~/.pgpass — never from the URL.
+    state_password_file: str | None = None
+    # Seconds a daemon's claim on queued deliveries lasts before another daemon may take them.
+    state_lease: float = Field(default=60.0, gt=0)
     signatures: SignaturesSection | None = None
 
 
@@ -154,6 +159,10 @@ class Config:
     state_where: Position | None = None
     # fedora-messaging over AMQP; None when only ZeroMQ endpoints are configured.
     amqp: AmqpSettings | None = None
+    # Set for a PostgreSQL store (then state_path is unused).
+    state_url: str | None = None
+    state_password_file: Path | None = None
+    state_lease: float = 60.0
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -201,6 +210,7 @@ def config_from_document(doc: LocatedDocument) -> Config:
             problems.append(Problem(doc.where(("bus", "fedmsg_config")), str(exc)))
     signatures = _signatures(parsed, fedmsg, base, doc, problems)
     amqp = _amqp(parsed.bus.amqp, base, doc, problems) if parsed.bus.amqp is not None else None
+    state_url = _state_url(parsed.state, doc, problems)
     if problems:
         raise ProblemsError(problems)
     rules = parsed.rules if parsed.rules is not None else [str(shipped_rules_dir())]
@@ -214,13 +224,16 @@ def config_from_document(doc: LocatedDocument) -> Config:
         rule_paths=tuple(_resolve(base, p) for p in rules),
         template_paths=tuple(_resolve(base, p) for p in parsed.templates),
         service_paths=tuple(_resolve(base, p) for p in parsed.services),
-        state_path=_resolve(base, parsed.state) if parsed.state else default_state_path(),
+        state_path=_resolve(base, parsed.state) if parsed.state and not state_url else default_state_path(),
         fedmsg=fedmsg,
         signatures=signatures,
         max_json_depth=parsed.bus.max_json_depth,
         max_string_length=parsed.bus.max_string_length,
         state_where=doc.where(("state",)) if parsed.state else None,
         amqp=amqp,
+        state_url=state_url,
+        state_password_file=_resolve(base, parsed.state_password_file) if parsed.state_password_file else None,
+        state_lease=parsed.state_lease,
     )
 
 
@@ -260,6 +273,30 @@ def _amqp(section: AmqpSection, base: Path, doc: LocatedDocument, problems: list
         except (OSError, ValueError) as exc:
             problems.append(Problem(doc.where(where), f"bus.amqp: the TLS certificates do not load: {exc}"))
     return settings
+
+
+def _state_url(state: str | None, doc: LocatedDocument, problems: list[Problem]) -> str | None:
+    """``state:`` as a PostgreSQL URL, or ``None`` for a SQLite file; a password in it is refused."""
+    if not state or not state.startswith(("postgresql://", "postgres://")):
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(state)
+        has_password = parts.password is not None
+    except ValueError as exc:
+        problems.append(Problem(doc.where(("state",)), f"state: not a PostgreSQL URL: {exc}"))
+        return None
+    if has_password or "password=" in parts.query:
+        problems.append(
+            Problem(
+                doc.where(("state",)),
+                "state: no password in the URL (it would show in logs and `ps`); put it in"
+                " 'state_password_file' or ~/.pgpass",
+            )
+        )
+        return None
+    return state
 
 
 def _signatures(

@@ -109,6 +109,7 @@ class DestinationWorker:
         # Outcomes already known but not yet in the store (it refused the write): nothing
         # more is sent until they are, so a sent row is never sent again because of it.
         self.unrecorded: list[tuple[str, Callable[[], object]]] = []
+        self._absent = False
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._supervise(), name=f"deliver {self.destination}")
@@ -151,10 +152,14 @@ class DestinationWorker:
             self.wake.clear()
             handle = self.handles(self.destination.account)
             if handle is None:
-                # The account disappeared in a reload: keep its rows, wait for it to return.
-                log.warning("no account '%s' configured: deliveries to %s wait in the store", *self._names())
+                # The account disappeared in a reload (or another daemon of a cluster holds
+                # it): keep its rows, wait for it to return. Said once per absence.
+                if not self._absent:
+                    log.warning("account '%s' not served here: deliveries to %s wait in the store", *self._names())
+                    self._absent = True
                 await self.clock.wait(self.wake, None)
                 continue
+            self._absent = False
             if self.coalescer is not None:
                 self.coalescer.check(self.store, self.destination, handle.backend, handle.bucket, now)
             # Load only what the pace sends in a few seconds, so a slow destination comes back
@@ -172,6 +177,9 @@ class DestinationWorker:
                     break
                 await current.bucket.take()
                 if self.stopped.is_set():
+                    break
+                if not self.store.holds(item, self.clock.time()):
+                    # A shared store's claim on the row would run out mid-send: claim again first.
                     break
                 outcome = await self.deliver(current, item, attempts)
                 if self.unrecorded:

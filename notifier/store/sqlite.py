@@ -421,6 +421,10 @@ class Outbox:
         ).fetchall()
         return [(self._item(row), int(row["attempts"])) for row in rows]
 
+    def holds(self, item: Item, now: float) -> bool:
+        """Whether this daemon may send ``item`` now: always, with one daemon per file."""
+        return True
+
     @staticmethod
     def _item(row: sqlite3.Row) -> Item:
         return Item(

@@ -1,0 +1,495 @@
+"""The shared store: PostgreSQL, for several daemons working one stream (``state: postgresql://…``).
+
+Same interface and the same tables as the SQLite :class:`~fedmsg_notify.store.sqlite.Outbox`
+(see there for what each table holds); what differs is what several daemons writing at
+once need:
+
+* **Dedup across daemons** is the primary key of ``accepted``: every delivery is
+  inserted by one statement whose first step is ``INSERT … ON CONFLICT DO NOTHING``
+  into it, so two daemons accepting the same message in the same instant serialise on
+  the index and exactly one of them queues the delivery. No read-then-write.
+* **Leases.** :meth:`window` claims the due rows it returns (``FOR UPDATE SKIP
+  LOCKED``, then ``lease_owner``/``lease_until``), so two daemons never send the same
+  row; a daemon that dies leaves leases that expire after ``lease`` seconds, and then
+  any daemon takes the rows over. The worker checks :meth:`holds` before each send.
+* **A digest is flushed once**: a flush takes a transaction-level advisory lock on the
+  destination and re-checks that the digest is still due, so a second daemon that
+  decided to flush in the same instant finds the entries gone (or not due) and stops.
+
+Every call is synchronous and short, like SQLite's. A lost connection (PostgreSQL
+restarting) is re-opened once per call; if that fails the call raises
+:class:`StoreUnavailable` and the caller retries later — nothing half-written stays,
+since every change is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from fedmsg_notify.backend import Destination, Item
+from fedmsg_notify.store import pg_digest
+from fedmsg_notify.store.pg_schema import migrate
+from fedmsg_notify.store.sqlite import (
+    Accepted,
+    DestinationStatus,
+    DigestEntry,
+    DigestGroup,
+    NewDelivery,
+    NewDigestEntry,
+    _dumps,
+    _dumps_text,
+    _loads_text,
+)
+from psycopg.rows import dict_row
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+class StoreUnavailable(OSError):
+    """The database cannot be reached right now (the caller retries later)."""
+
+
+_ITEM_COLUMNS = (
+    "id, msg_id, account, recipient, rule, topic, service, rendered, options, meta, timestamp, count, attempts"
+)
+
+_ACCEPT_DELIVERY = """
+WITH first AS (
+    INSERT INTO accepted (msg_id, dest, at) VALUES (%(msg_id)s, %(dest)s, %(now)s)
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+INSERT INTO deliveries (dest, account, recipient, msg_id, rule, topic, service, rendered, options, meta,
+                        timestamp, next_attempt, created, state, last_error, finished)
+SELECT %(dest)s::text, %(account)s::text, %(recipient)s::text, %(msg_id)s::text, %(rule)s::text, %(topic)s::text,
+       %(service)s::text, %(rendered)s::text, %(options)s::text, %(meta)s::text, %(timestamp)s::float8,
+       %(now)s::float8, %(now)s::float8, %(state)s::text, %(error)s::text, %(finished)s::float8
+FROM first RETURNING id
+"""
+
+_ACCEPT_ENTRY = """
+WITH first AS (
+    INSERT INTO accepted (msg_id, dest, at) VALUES (%(msg_id)s, %(dest)s, %(now)s)
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+INSERT INTO digest_entries (dest, account, recipient, msg_id, rule, rule_file, template, options, every, max,
+                            topic, service, envelope, meta, rendered, timestamp, created)
+SELECT %(dest)s::text, %(account)s::text, %(recipient)s::text, %(msg_id)s::text, %(rule)s::text,
+       %(rule_file)s::text, %(template)s::text, %(options)s::text, %(every)s::float8, %(max)s::int,
+       %(topic)s::text, %(service)s::text, %(envelope)s::text, %(meta)s::text, %(rendered)s::text,
+       %(timestamp)s::float8, %(now)s::float8
+FROM first RETURNING id
+"""
+
+
+def _destination(account: str, recipient: str | None) -> Destination:
+    return Destination(account, recipient)
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may appear in a log: any password replaced."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    host, port, db, user = (str(info.get(key) or "") for key in ("host", "port", "dbname", "user"))
+    return f"postgresql://{user + '@' if user else ''}{host}{':' + port if port else ''}/{db}"
+
+
+class Outbox:
+    """The PostgreSQL store, one connection per daemon; ``owner`` names this daemon in leases."""
+
+    cluster = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        owner: str,
+        password: str | None = None,
+        readonly: bool = False,
+        lease: float = 60.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.path = safe_url(url)
+        self.owner = owner
+        self.lease = lease
+        self._password = password
+        self._connect_timeout = connect_timeout
+        self._leases: dict[int, float] = {}
+        self.db = self._connect()
+        if not readonly:
+            applied = migrate(self.db)
+            if applied:
+                log.info("%s: schema migrated to version %d", self.path, applied[-1])
+
+    def _connect(self) -> psycopg.Connection[Row]:
+        extra: dict[str, Any] = {"connect_timeout": max(1, int(self._connect_timeout))}
+        if self._password is not None:
+            extra["password"] = self._password
+        try:
+            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, **extra)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"{self.path}: cannot connect: {str(exc).strip()}") from exc
+
+    def close(self) -> None:
+        if not self.db.closed and not self.db.broken:
+            try:
+                # Let the other daemons take what we claimed right away, not after the lease.
+                self.db.execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = %s"
+                    " AND state = 'queued'",
+                    (self.owner,),
+                )
+            except psycopg.Error as exc:
+                log.warning("%s: could not hand back leases: %s", self.path, exc)
+        self.db.close()
+
+    def _call(self, work: Callable[[psycopg.Connection[Row]], T]) -> T:
+        """Run ``work``; a broken connection is re-opened and the work retried once; deadlocks retried."""
+        for attempt in range(4):
+            if self.db.closed or self.db.broken:
+                self.db = self._connect()
+            try:
+                return work(self.db)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == 3:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+            except psycopg.OperationalError as exc:
+                if not self.db.broken and not self.db.closed:
+                    raise
+                if attempt >= 1:
+                    raise StoreUnavailable(f"{self.path}: connection lost: {str(exc).strip()}") from exc
+                log.warning("%s: connection lost (%s); reconnecting", self.path, str(exc).strip())
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Row]]:
+        with self.db.transaction():
+            yield self.db
+
+    # -- intake ---------------------------------------------------------------------
+
+    def accept(
+        self, deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEntry] = (), *, now: float
+    ) -> Accepted:
+        """Store a batch in ONE transaction; pairs any daemon accepted before are skipped."""
+        rows = [
+            {
+                "msg_id": new.msg_id,
+                "dest": new.destination.key,
+                "account": new.destination.account,
+                "recipient": new.destination.to,
+                "rule": new.rule,
+                "topic": new.topic,
+                "service": new.service,
+                "rendered": _dumps_text(dict(new.rendered)),
+                "options": _dumps(dict(new.options)),
+                "meta": _dumps_text(dict(new.meta)),
+                "timestamp": new.timestamp,
+                "now": now,
+                "state": "queued" if new.error is None else "failed",
+                "error": new.error,
+                "finished": None if new.error is None else now,
+            }
+            for new in deliveries
+        ]
+        digest_rows = [
+            {
+                "msg_id": e.msg_id,
+                "dest": e.destination.key,
+                "account": e.destination.account,
+                "recipient": e.destination.to,
+                "rule": e.rule,
+                "rule_file": e.rule_file,
+                "template": e.template,
+                "options": _dumps(dict(e.options)),
+                "every": e.every,
+                "max": e.max,
+                "topic": e.topic,
+                "service": e.service,
+                "envelope": _dumps(dict(e.envelope)),
+                "meta": _dumps_text(dict(e.meta)),
+                "rendered": _dumps_text(dict(e.rendered)),
+                "timestamp": e.timestamp,
+                "now": now,
+            }
+            for e in entries
+        ]
+
+        def work(db: psycopg.Connection[Row]) -> Accepted:
+            with db.transaction(), db.cursor() as cursor:
+                stored = _insert_many(cursor, _ACCEPT_DELIVERY, rows)
+                stored_entries = _insert_many(cursor, _ACCEPT_ENTRY, digest_rows)
+            touched = {new.destination for new, ok in zip(deliveries, stored, strict=True) if ok and not new.error}
+            digests = {e.destination for e, ok in zip(entries, stored_entries, strict=True) if ok}
+            duplicates = stored.count(False) + stored_entries.count(False)
+            return Accepted(frozenset(touched), frozenset(digests), duplicates)
+
+        return self._call(work)
+
+    # -- the delivery queue -----------------------------------------------------------
+
+    def pending_destinations(self) -> list[Destination]:
+        query = "SELECT DISTINCT account, recipient FROM deliveries WHERE state = 'queued'"
+        rows = self._call(lambda db: db.execute(query).fetchall())
+        return [_destination(row["account"], row["recipient"]) for row in rows]
+
+    def window(self, destination: Destination, now: float, limit: int) -> list[tuple[Item, int]]:
+        """Claim and return the next ``limit`` due deliveries no other daemon holds, in send order."""
+        until = now + self.lease
+
+        def work(db: psycopg.Connection[Row]) -> list[Row]:
+            return db.execute(
+                f"UPDATE deliveries d SET lease_owner = %(me)s, lease_until = %(until)s"
+                f" FROM (SELECT id FROM deliveries WHERE dest = %(dest)s AND state = 'queued'"
+                f" AND next_attempt <= %(now)s"
+                f" AND (lease_owner IS NULL OR lease_owner = %(me)s OR lease_until <= %(now)s)"
+                f" ORDER BY position LIMIT %(limit)s FOR UPDATE SKIP LOCKED) c"
+                f" WHERE d.id = c.id RETURNING d.position, {', '.join('d.' + c for c in _ITEM_COLUMNS.split(', '))}",
+                {"me": self.owner, "until": until, "dest": destination.key, "now": now, "limit": limit},
+            ).fetchall()
+
+        rows = sorted(self._call(work), key=lambda row: row["position"])
+        for row in rows:
+            self._leases[int(row["id"])] = until
+        return [(self._item(row), int(row["attempts"])) for row in rows]
+
+    def holds(self, item: Item, now: float) -> bool:
+        """Whether at least half of our lease on ``item`` is left (else re-claim it before sending).
+
+        Half the lease must cover one send: the default 60 s lease against the 30 s send timeout.
+        """
+        lease = self._leases.get(item.id)
+        return lease is not None and lease - now >= self.lease / 2
+
+    @staticmethod
+    def _item(row: Row) -> Item:
+        return Item(
+            id=int(row["id"]),
+            msg_id=row["msg_id"],
+            destination=_destination(row["account"], row["recipient"]),
+            rule=row["rule"],
+            topic=row["topic"],
+            service=row["service"],
+            rendered=_loads_text(row["rendered"]),
+            options=json.loads(row["options"]),
+            meta=_loads_text(row["meta"]),
+            timestamp=float(row["timestamp"]),
+            count=int(row["count"]),
+        )
+
+    def next_due(self, destination: Destination) -> float | None:
+        """When a queued delivery may next be tried here: its retry time, or when another daemon's lease ends."""
+        row = self._call(
+            lambda db: db.execute(
+                "SELECT MIN(CASE WHEN lease_owner IS NOT NULL AND lease_owner <> %s AND lease_until > next_attempt"
+                " THEN lease_until ELSE next_attempt END) AS due FROM deliveries WHERE dest = %s AND state = 'queued'",
+                (self.owner, destination.key),
+            ).fetchone()
+        )
+        return None if row is None or row["due"] is None else float(row["due"])
+
+    def pending_count(self, destination: Destination) -> int:
+        row = self._call(
+            lambda db: db.execute(
+                "SELECT COUNT(*) AS n FROM deliveries WHERE dest = %s AND state = 'queued'", (destination.key,)
+            ).fetchone()
+        )
+        return int(row["n"]) if row else 0
+
+    def mark_sent(self, item: Item, now: float) -> None:
+        """Record a success and count it for the destination and this daemon, in one statement."""
+        self._leases.pop(item.id, None)
+        self._call(
+            lambda db: db.execute(
+                "WITH done AS (UPDATE deliveries SET state = 'sent', finished = %(now)s, last_error = NULL,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = %(id)s AND state = 'queued'"
+                " RETURNING dest, account, recipient),"
+                " me AS (UPDATE daemons SET sent = sent + 1 WHERE id = %(me)s AND EXISTS (SELECT 1 FROM done))"
+                " INSERT INTO destinations (dest, account, recipient, last_success, sent)"
+                " SELECT dest, account, recipient, %(now)s, 1 FROM done"
+                " ON CONFLICT (dest) DO UPDATE SET last_success = excluded.last_success,"
+                " sent = destinations.sent + 1",
+                {"now": now, "id": item.id, "me": self.owner},
+            )
+        )
+
+    def mark_retry(self, item: Item, attempts: int, next_attempt: float, reason: str) -> None:
+        self._leases.pop(item.id, None)
+        self._call(
+            lambda db: db.execute(
+                "UPDATE deliveries SET attempts = %s, next_attempt = %s, last_error = %s, lease_owner = NULL,"
+                " lease_until = NULL WHERE id = %s",
+                (attempts, next_attempt, reason, item.id),
+            )
+        )
+
+    def mark_failed(self, item: Item, attempts: int, reason: str, now: float) -> None:
+        self._leases.pop(item.id, None)
+        self._call(
+            lambda db: db.execute(
+                "UPDATE deliveries SET state = 'failed', attempts = %s, last_error = %s, finished = %s,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = %s",
+                (attempts, reason, now, item.id),
+            )
+        )
+
+    # -- flood coalescing ---------------------------------------------------------------
+
+    def coalesce(
+        self,
+        destination: Destination,
+        merge: int,
+        summarise: Callable[[Sequence[Item]], Mapping[str, str]],
+        now: float,
+    ) -> int | None:
+        """Merge the ``merge`` oldest queued deliveries no other daemon holds into one summary."""
+        if merge < 2:
+            return None
+
+        def work(db: psycopg.Connection[Row]) -> int | None:
+            with db.transaction():
+                rows = db.execute(
+                    f"SELECT {_ITEM_COLUMNS}, kind, position FROM deliveries WHERE dest = %s AND state = 'queued'"
+                    " AND (lease_owner IS NULL OR lease_owner = %s OR lease_until <= %s)"
+                    " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (destination.key, self.owner, now, merge),
+                ).fetchall()
+                if len(rows) < 2:
+                    return None
+                items = [self._item(row) for row in rows]
+                rendered = dict(summarise(items))
+                services = {item.service for item in items}
+                topics = {item.topic for item in items}
+                summary = db.execute(
+                    "INSERT INTO deliveries (position, dest, account, recipient, kind, msg_id, rule, topic, service,"
+                    " rendered, options, meta, timestamp, count, next_attempt, created)"
+                    " VALUES (%s,%s,%s,%s,'summary',%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+                    (
+                        min(int(row["position"]) for row in rows),
+                        destination.key,
+                        destination.account,
+                        destination.to,
+                        f"coalesced:{items[0].id}",
+                        items[0].rule,
+                        topics.pop() if len(topics) == 1 else "",
+                        services.pop() if len(services) == 1 else "various",
+                        _dumps(rendered),
+                        _dumps(dict(items[0].options)),
+                        _dumps({}),
+                        items[-1].timestamp,
+                        sum(item.count for item in items),
+                        now,
+                        now,
+                    ),
+                ).fetchone()
+                assert summary is not None
+                summary_id = int(summary["id"])
+                db.execute(
+                    "UPDATE deliveries SET state = 'coalesced', merged_into = %s, finished = %s, lease_owner = NULL,"
+                    " lease_until = NULL WHERE id = ANY(%s)",
+                    (summary_id, now, [item.id for item in items]),
+                )
+                newly = sum(int(row["count"]) for row in rows if row["kind"] != "summary")
+                db.execute(
+                    "INSERT INTO destinations (dest, account, recipient, coalesced) VALUES (%s,%s,%s,%s)"
+                    " ON CONFLICT (dest) DO UPDATE SET coalesced = destinations.coalesced + excluded.coalesced",
+                    (destination.key, destination.account, destination.to, newly),
+                )
+                return summary_id
+
+        return self._call(work)
+
+    # -- digests --------------------------------------------------------------------------
+
+    def digest_groups(self) -> list[DigestGroup]:
+        return self._call(pg_digest.groups)
+
+    def flush_digest(
+        self,
+        destination: Destination,
+        limit: int | None,
+        render: Callable[[Sequence[DigestEntry], int], tuple[Mapping[str, str], str]],
+        now: float,
+        *,
+        render_cap: int = 100,
+    ) -> tuple[int, int] | None:
+        """Claim up to ``limit`` entries and queue their digest, once across all daemons (see :mod:`pg_digest`)."""
+        return self._call(lambda db: pg_digest.flush_digest(db, destination, limit, render, now, render_cap=render_cap))
+
+    # -- counters, status, housekeeping ---------------------------------------------------
+
+    def add_counters(self, deltas: Mapping[str, int]) -> None:
+        values = [(name, value) for name, value in deltas.items() if value]
+        if not values:
+            return
+
+        def work(db: psycopg.Connection[Row]) -> None:
+            with db.transaction(), db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO counters (name, value) VALUES (%s, %s)"
+                    " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+                    values,
+                )
+
+        self._call(work)
+
+    def counters(self) -> dict[str, int]:
+        rows = self._call(lambda db: db.execute("SELECT name, value FROM counters").fetchall())
+        return {row["name"]: int(row["value"]) for row in rows}
+
+    def status(self, now: float) -> list[DestinationStatus]:
+        from fedmsg_notify.store.pg_status import destination_status
+
+        return self._call(lambda db: destination_status(db))
+
+    def prune(
+        self,
+        now: float,
+        *,
+        keep_done: float = 7 * 86400,
+        keep_sent_rows: float = 86400,
+        keep_failed: float = 30 * 86400,
+    ) -> int:
+        """Forget finished work older than the retention (the same rules as the SQLite store)."""
+
+        def work(db: psycopg.Connection[Row]) -> int:
+            with db.transaction():
+                removed = db.execute(
+                    "DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < %s",
+                    (now - min(keep_sent_rows, keep_done),),
+                ).rowcount
+                removed += db.execute(
+                    "DELETE FROM deliveries WHERE state = 'failed' AND finished < %s", (now - keep_failed,)
+                ).rowcount
+                removed += db.execute(
+                    "DELETE FROM digest_entries WHERE flushed_into IS NOT NULL AND created < %s", (now - keep_done,)
+                ).rowcount
+                removed += db.execute("DELETE FROM accepted WHERE at < %s", (now - keep_done,)).rowcount
+                return removed
+
+        return self._call(work)
+
+
+def _insert_many(cursor: psycopg.Cursor[Row], query: str, rows: list[dict[str, Any]]) -> list[bool]:
+    """Run ``query`` once per row in one pipelined batch; whether each inserted a row."""
+    if not rows:
+        return []
+    cursor.executemany(query, rows, returning=True)
+    stored: list[bool] = []
+    while True:
+        stored.append(cursor.fetchone() is not None)
+        if not cursor.nextset():
+            break
+    return stored
