@@ -40,6 +40,7 @@ EXTRAS = {
     "email": ["aiosmtplib>=3.0"],
     "desktop": ["notify2>=0.3", "dbus-python>=1.3"],
     "mastodon": ["httpx>=0.27"],
+    "matrix": ["mautrix>=0.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [
