@@ -13,8 +13,6 @@ from collections.abc import Sequence
 
 from fedmsg_notify.backend import Item
 
-from .irc.lines import describe_age
-
 
 def backlog_line(items: Sequence[Item], now: float | None = None) -> str:
     """How many, how far behind, and per service how many and what most of them were."""
@@ -40,3 +38,18 @@ def kind(item: Item) -> str:
     if service in item.topic:
         return item.topic.split(service, 1)[1]
     return ""
+
+
+def describe_age(seconds: float) -> str:
+    """A short human duration: "45 s", "3 min", "2 h", "5 days", "12 years"."""
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h"
+    days = int(seconds // 86400)
+    if days >= 365:
+        years = days // 365
+        return f"{years} year" if years == 1 else f"{years} years"
+    return f"{days} day" if days == 1 else f"{days} days"

@@ -70,9 +70,9 @@ class Synapse:
         self.secret = str(config["registration_shared_secret"])
 
     def start(self) -> None:
-        log = (self.folder / "synapse.out").open("ab")
-        self.proc = subprocess.Popen([self.python, "-m", "synapse.app.homeserver", "-c", str(self.config)],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
+        with (self.folder / "synapse.out").open("ab") as log:
+            self.proc = subprocess.Popen([self.python, "-m", "synapse.app.homeserver", "-c", str(self.config)],
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.folder)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -19,7 +19,8 @@ MsgType = Literal["m.notice", "m.text"]
 # Matrix identifiers (spec "Appendices: Identifier Grammar"): sigil, localpart, ":", server name.
 SERVER_NAME = r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"
 USER_ID_RE = re.compile(rf"^@[a-z0-9._=\-/+]+:(?:{SERVER_NAME})$")
-ROOM_ID_RE = re.compile(rf"^![^\s:]+:(?:{SERVER_NAME})$")
+# Room version 12 ids carry no server name ("!<hash>"); older ones do.
+ROOM_ID_RE = re.compile(rf"^![^\s:]+(?::(?:{SERVER_NAME}))?$")
 ALIAS_RE = re.compile(rf"^#[^\s:]+:(?:{SERVER_NAME})$")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # A Matrix event may be 65536 bytes in all; leave room for the envelope the server adds.
