@@ -108,7 +108,7 @@ class Session:
         try:
             response = await self.client.login(
                 identifier=self.creds.user_id,  # type: ignore[arg-type]
-                password=password, device_id=self.creds.device_id,  # type: ignore[arg-type]
+                password=password, device_id=self.creds.device_id,
                 device_name="fedmsg-notify", store_access_token=False,
             )
         except Exception as exc:
@@ -216,7 +216,7 @@ def _api_class(base: type[Any]) -> type[Any]:
     """HTTPAPI that keeps what mautrix's errors drop: ``retry_after_ms`` and ``Retry-After``."""
     from mautrix.errors import make_request_error
 
-    class RateAwareAPI(base):  # type: ignore[misc, valid-type]
+    class RateAwareAPI(base):  # type: ignore[misc]
         async def _send(self, method: Any, url: Any, content: Any, query_params: Any, headers: Any) -> Any:
             request = self.session.request(str(method), url, data=content, params=query_params, headers=headers)
             async with request as response:
