@@ -74,7 +74,7 @@ setup(
         "fedmsg_notify.meta.services": ["*.yaml"],
         "fedmsg_notify.data": ["*.jsonl", "*.yaml", "*.service", "icons/*"],
         "fedmsg_notify.templates": ["*/*.j2"],
-        "fedmsg_notify.example_rules": ["*.yaml"],
+        "fedmsg_notify.example_rules": ["*.yaml", "matrix/*.yaml"],
     },
     include_package_data=False,
     install_requires=[

@@ -259,3 +259,18 @@ def test_summary_is_the_irc_backlog_line_in_both_parts() -> None:
     parts = bot.summarise([item("#r:x", "a", service="bodhi") for _ in range(3)] + [item("#r:x", "<b>", service="koji")])
     assert parts["body"].startswith("backlog: 4 messages coalesced") and "bodhi: 3 more (update.comment)" in parts["body"]
     assert parts["html"] == f"<em>{parts['body']}</em>"
+
+
+def test_shipped_matrix_firehose_rule_loads(tmp_path: Path) -> None:
+    """rules/matrix/firehose.yaml, the Matrix twin of the firehose example, loads with a matrix account."""
+    from fedmsg_notify.config.model import load_config, shipped_rules_dir
+    from fedmsg_notify.matching.rules import RuleSet
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "accounts:\n  fedora-chat: {backend: matrix, homeserver: 'https://fedora.ems.host',"
+        " user_id: '@fedora-firehose:fedora.im', token_file: /etc/fedmsg-notify/matrix.token}\n"
+        f"rules: ['{shipped_rules_dir() / 'matrix'}']\nstate: '{tmp_path / 's.db'}'\n", encoding="utf-8")
+    cfg = load_config(config)
+    (rule,) = RuleSet.load(cfg.rule_paths, cfg.accounts).rules
+    assert rule.routes[0].destination == Destination("fedora-chat", "#fedora-firehose:fedora.im")
