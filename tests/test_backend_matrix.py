@@ -274,3 +274,45 @@ def test_shipped_matrix_firehose_rule_loads(tmp_path: Path) -> None:
     cfg = load_config(config)
     (rule,) = RuleSet.load(cfg.rule_paths, cfg.accounts).rules
     assert rule.routes[0].destination == Destination("fedora-chat", "#fedora-firehose:fedora.im")
+
+
+async def test_digest_is_one_message_with_a_line_per_entry(make_bot: MakeBot, reader: Reader) -> None:
+    entries = [{"message": {}, "topic": "org.fedoraproject.prod.bodhi.update.comment", "service": "bodhi",
+                "meta": {"title": "bodhi", "subtitle": f"ralph pushed <i>pkg{n}</i>"}, "rendered": {}}
+               for n in range(3)]
+    route = Route(Destination("chat", "#r:localhost"), Rule("digest", "rules.yaml"))
+    parts = RENDERER.render_digest(MatrixBackend, entries, route, 5)
+    assert parts["body"].splitlines() == ["5 messages:", *(f"• bodhi: ralph pushed <i>pkg{n}</i>" for n in range(3)),
+                                          "…and 2 more"]
+    room = reader.create_room()
+    bot = await make_bot()
+    await deliver(bot, item(room, parts["body"], html=parts["html"], msg_id="digest:7"))
+    (event,) = reader.messages(room)
+    assert "<li><font color=" in event["content"]["formatted_body"]
+    assert "&lt;i&gt;pkg0&lt;/i&gt;" in event["content"]["formatted_body"]
+
+
+async def test_revoked_token_is_temporary_and_keeps_the_delivery(
+    synapse: Synapse, reader: Reader, tmp_path: Path
+) -> None:
+    """A logged-out token makes sends fail temporarily (queued, not lost) until the token file is fixed."""
+    token = synapse.register("revoked")
+    (tmp_path / "t").write_text(token, encoding="utf-8")
+    bot = MatrixBackend("rv", MatrixAccount.model_validate(
+        {"backend": "matrix", "homeserver": synapse.url, "user_id": "@revoked:localhost",
+         "token_file": str(tmp_path / "t")}))
+    await bot.start()
+    room = reader.create_room()
+    import httpx
+
+    httpx.post(f"{synapse.url}/_matrix/client/v3/logout", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    delivery = item(room, "kept")
+    with pytest.raises(TemporaryFailure, match="M_UNKNOWN_TOKEN"):
+        await bot.send(delivery)
+    login = httpx.post(f"{synapse.url}/_matrix/client/v3/login", timeout=10, json={
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "revoked"},
+        "password": "pw-for-tests"})
+    (tmp_path / "t").write_text(login.json()["access_token"], encoding="utf-8")  # the operator's fix
+    await deliver(bot, delivery)  # the same backend: it re-read the token file
+    await bot.close()
+    assert [e["content"]["body"] for e in reader.messages(room)] == ["kept"]

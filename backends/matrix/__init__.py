@@ -29,7 +29,7 @@ from fedmsg_notify.config.validation import StrictModel
 from pydantic import Field, field_validator, model_validator
 
 from ..summary import backlog_line
-from .client import Credentials, Session
+from .client import Credentials, Session, TokenRejected
 from .content import USER_ID_RE, MsgType, destination_kind, event_content, homeserver_url, summary_parts, transaction_id
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,14 @@ class MatrixBackend(Backend):
     async def start(self) -> None:
         await self.session.start()
 
+    async def _room(self, to: str) -> str:
+        try:
+            return await self.session.room_for(to)
+        except TokenRejected:
+            self.session.forget_token()
+            await self.session.close()
+            raise
+
     async def close(self) -> None:
         await self.session.close()
 
@@ -131,10 +139,15 @@ class MatrixBackend(Backend):
             await self.session.start()
         to = self._target(item)
         content = self.content(item)
-        room = await self.session.room_for(to)
+        room = await self._room(to)
         txn = transaction_id(item.msg_id, item.destination.key, content["body"] if item.count > 1 else "")
         try:
             event = await self.session.send(room, content, txn, to)
+        except TokenRejected:
+            # Logged out or the token revoked: start afresh (a new login for password accounts).
+            self.session.forget_token()
+            await self.session.close()
+            raise
         except PermanentFailure:
             # Kicked, or the power levels changed: look the room up afresh next time.
             self.session.rooms.pop(to, None)

@@ -37,6 +37,10 @@ MAX_ERROR_TEXT = 300
 CLIENT = "/_matrix/client/v3"
 
 
+class TokenRejected(TemporaryFailure):
+    """The homeserver refused the access token (401): a password account logs in again."""
+
+
 @dataclass(slots=True)
 class Credentials:
     """Where an account's access token comes from."""
@@ -258,7 +262,7 @@ def translate(exc: BaseException, what: str) -> DeliveryError:
             return TemporaryFailure(reason, retry_after=wait if wait is not None else DEFAULT_RETRY_AFTER)
         if status == 401 or code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
             # The operator fixes the token file (or we log in again): keep the deliveries.
-            return TemporaryFailure(reason, retry_after=SECRET_RETRY)
+            return TokenRejected(reason, retry_after=SECRET_RETRY)
         if status >= 500 or status in (0, 408):
             return TemporaryFailure(reason)
         return PermanentFailure(reason)
