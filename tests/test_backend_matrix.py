@@ -195,6 +195,12 @@ async def test_room_the_bot_cannot_post_in_fails_permanently(make_bot: MakeBot, 
         await deliver(bot, item(room, "not allowed"))
 
 
+async def test_unknown_alias_fails_permanently(make_bot: MakeBot) -> None:
+    bot = await make_bot()
+    with pytest.raises(PermanentFailure, match="#nowhere:localhost"):
+        await deliver(bot, item("#nowhere:localhost", "lost?"))
+
+
 async def test_encrypted_room_is_refused_naming_the_room(make_bot: MakeBot, reader: Reader) -> None:
     room = reader.create_room(initial_state=[{"type": "m.room.encryption", "state_key": "",
                                               "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
