@@ -53,6 +53,7 @@ EXTRAS = {
     ],
     # `state: postgresql://...`: several daemons sharing one store.
     "postgresql": ["psycopg[binary]>=3.1"],
+    "matrix": ["mautrix>=0.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [
@@ -86,7 +87,7 @@ setup(
         "fedmsg_notify.meta.services": ["*.yaml"],
         "fedmsg_notify.data": ["*.jsonl", "*.yaml", "*.service", "icons/*"],
         "fedmsg_notify.templates": ["*/*.j2"],
-        "fedmsg_notify.example_rules": ["*.yaml"],
+        "fedmsg_notify.example_rules": ["*.yaml", "matrix/*.yaml"],
     },
     include_package_data=False,
     install_requires=[

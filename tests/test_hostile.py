@@ -416,6 +416,9 @@ def _backend(name: str, tmp: Path) -> Backend:
         options.update(smtp="maildir:" + str(tmp / "Maildir"), **{"from": "fedmsg-notify <notify@example.org>"})
     elif name == "mastodon":
         options.update(instance="https://mastodon.example.org", token_file=str(tmp / "token"))
+    elif name == "matrix":
+        options.update(homeserver="https://matrix.example.org", user_id="@fedbot:example.org",
+                       token_file=str(tmp / "token"))
     return cls(name, cls.Account.model_validate(options))
 
 
@@ -506,6 +509,16 @@ def _check_output(backend: Backend, item: Item, *, rendered: bool = True) -> Non
                 tags = re.findall(r"<[^>]*>", body)
                 assert all(re.fullmatch(r'<a href="[^"<>]*">|</a>', tag) for tag in tags), tags
                 assert len(tags) <= 2
+    elif name == "matrix":
+        try:
+            content = backend.content(item)  # type: ignore[attr-defined]
+        except DeliveryError:
+            return
+        assert not {ch for ch in content["body"] if ord(ch) < 32 and ch != "\n"}, content["body"]
+        # The only markup in formatted_body is the template's own (and a summary's <em>).
+        tags = re.findall(r"<[^>]*>", content.get("formatted_body", ""))
+        allowed = r'<font color="#[0-9a-f]{6}">|</font>|</?(b|em|p|ul|li)>|<a href="https?://[^"<>]*">|</a>'
+        assert all(re.fullmatch(allowed, tag) for tag in tags), tags
     elif name == "console":
         out = io.StringIO()
         backend.stream = out  # type: ignore[attr-defined]

@@ -10,18 +10,17 @@ so they never show in logs, errors or ``check`` output.
 from __future__ import annotations
 
 import re
-import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, PermanentFailure
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from .lines import age_suffix, describe_age, fit, wire_safe
+from ..summary import backlog_line
+from .lines import age_suffix, fit, wire_safe
 from .session import Server, Session, SessionSettings, fold, is_channel
 
 # RFC 2812 §2.3.1 nick grammar (letters, digits, the "special" characters, "-").
@@ -261,26 +260,4 @@ class IRCBackend(Backend):
         per service with what most of them were ("backlog: 69 messages coalesced,
         4 min behind - buildsys: 57 more (build.state.change), bodhi: 12 more
         (update.comment)"). The engine calls this when the backlog outgrows the pace."""
-        per_service = Counter[str]()
-        kinds: dict[str, Counter[str]] = {}
-        for item in items:
-            per_service[item.service] += item.count
-            kinds.setdefault(item.service, Counter())[_kind(item)] += item.count
-        parts = []
-        for service, count in per_service.most_common():
-            kind = kinds[service].most_common(1)[0][0]
-            parts.append(f"{service}: {count} more ({kind})" if kind else f"{service}: {count} more")
-        oldest = min((item.timestamp for item in items if item.timestamp > 0), default=0.0)
-        behind = f", {describe_age(max(0.0, time.time() - oldest))} behind" if oldest else ""
-        total = sum(per_service.values())
-        # Count and lag first: if the line is truncated, the service list loses its tail.
-        return {"line": f"backlog: {total} messages coalesced{behind} - {', '.join(parts)}"}
-
-
-def _kind(item: Item) -> str:
-    """What most of a service's backlog was, from the topic: "build.state.change"."""
-    topic: Any = item.topic
-    service = f".{item.service}."
-    if isinstance(topic, str) and service in topic:
-        return topic.split(service, 1)[1]
-    return ""
+        return {"line": backlog_line(items)}

@@ -14,6 +14,10 @@ import time
 
 from fedmsg_notify.render.sanitize import one_line
 
+from ..summary import describe_age
+
+__all__ = ["age_suffix", "describe_age", "fit", "relay_budget", "wire_safe"]
+
 # RFC 1459 §2.3: "IRC messages are always lines of characters terminated with a
 # CR-LF pair, and these messages shall not exceed 512 characters in length,
 # counting all characters including the trailing CR-LF".
@@ -109,18 +113,3 @@ def age_suffix(timestamp: float, now: float | None = None, *, threshold: float =
     if age < threshold:
         return ""
     return f" ({describe_age(age)} ago)"
-
-
-def describe_age(seconds: float) -> str:
-    """A short human duration: "45 s", "3 min", "2 h", "5 days", "12 years"."""
-    if seconds < 60:
-        return f"{int(seconds)} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)} h"
-    days = int(seconds // 86400)
-    if days >= 365:
-        years = days // 365
-        return f"{years} year" if years == 1 else f"{years} years"
-    return f"{days} day" if days == 1 else f"{days} days"

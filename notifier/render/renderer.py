@@ -209,6 +209,7 @@ _HELPERS: dict[str, Callable[..., Any]] = {
     "isotime": isotime,
     "irc_color": sanitize.irc_color,
     "irc_bold": sanitize.irc_bold,
+    "html_color": sanitize.html_color,
 }
 
 

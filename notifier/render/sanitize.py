@@ -155,6 +155,16 @@ def irc_colour_code(key: str) -> str:
     return _IRC_PALETTE[zlib.crc32(key.encode("utf-8", "replace")) % len(_IRC_PALETTE)]
 
 
+# The same colours as on IRC (mIRC's palette), as HTML for Matrix's formatted_body.
+_HTML_PALETTE = {"03": "#009300", "04": "#d40000", "05": "#7f0000", "06": "#9c009c", "07": "#e06c00",
+                 "09": "#2e9e2e", "10": "#009393", "11": "#00a0a0", "12": "#0000fc", "13": "#c000c0"}
+
+
+def html_color(key: Any) -> str:
+    """``#rrggbb`` of ``key`` (a service name): the colour IRC shows it in, for ``<font color>``."""
+    return _HTML_PALETTE[irc_colour_code("" if key is None else str(key))]
+
+
 def irc_color(text: Any, service: str | None = None) -> Trusted:
     """``text`` coloured with the stable colour of ``service`` (or of ``text`` itself).
 
