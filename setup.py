@@ -40,6 +40,7 @@ EXTRAS = {
     "email": ["aiosmtplib>=3.0"],
     "desktop": ["notify2>=0.3", "dbus-python>=1.3"],
     "mastodon": ["httpx>=0.27"],
+    "web": ["aiohttp>=3.9", "feedgen>=1.0", "prometheus-client>=0.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [
@@ -56,6 +57,8 @@ EXTRAS["test"] = EXTRAS["all"] + [
     "mypy>=1.10",
     "ruff>=0.5",
     "types-PyYAML",
+    "feedparser>=6.0",
+    "selenium>=4.20",
 ]
 
 setup(
@@ -73,6 +76,7 @@ setup(
         "fedmsg_notify.meta.services": ["*.yaml"],
         "fedmsg_notify.data": ["*.jsonl", "*.yaml", "*.service", "icons/*"],
         "fedmsg_notify.templates": ["*/*.j2"],
+        "fedmsg_notify.backends.web": ["static/*"],
         "fedmsg_notify.example_rules": ["*.yaml"],
     },
     include_package_data=False,

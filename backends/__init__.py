@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     "email": "fedmsg_notify.backends.email:EmailBackend",
     "mastodon": "fedmsg_notify.backends.mastodon:MastodonBackend",
     "desktop": "fedmsg_notify.backends.desktop:DesktopBackend",
+    "web": "fedmsg_notify.backends.web:WebBackend",
 }
 
 

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fedmsg_notify import systemd
+from fedmsg_notify import systemd, webserver
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.signatures import make_verifier
@@ -95,6 +95,8 @@ class Daemon:
         self._saved_malformed: Counter[str] = Counter()
         self._saved_refused: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The HTTP server of the web backend, when the config has a `web:` section.
+        self.web: Any = None
 
     # -- public --------------------------------------------------------------------------
 
@@ -121,6 +123,11 @@ class Daemon:
             max_string=self.config.max_string_length,
             receive_queue=self.config.receive_queue,
         )
+        if self.config.web is not None:
+            webserver.declare_feeds(self.config, self.pipeline.rules)
+            self.web = await webserver.start_web(
+                self.config.web, self.config.source, webserver.snapshot_of(self, self.clock.time)
+            )
         consumer = asyncio.create_task(self._consume(), name="intake")
         # Periodic chores end with the loop; they hold no work worth waiting for.
         background = [
@@ -196,7 +203,7 @@ class Daemon:
             log.exception("reload refused; still running the previous configuration")
             systemd.ready()
             return False
-        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue"):
+        for what in ("endpoints", "subscribe", "state_path", "max_message_bytes", "receive_queue", "web"):
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
@@ -208,6 +215,8 @@ class Daemon:
             worker.notify()
         for handle in retired:
             self._spawn(handle.close(self.shutdown_timeout), "close retired backend")
+        if config.web is not None:
+            webserver.declare_feeds(config, pipeline.rules)
         self.reloads += 1
         log.info("reloaded %s: %d account(s)", config.source, len(config.accounts))
         systemd.ready()
@@ -357,6 +366,8 @@ class Daemon:
                 )
                 await asyncio.wait(pending, timeout=1.0)
         self._save_counters()
+        if self.web is not None:
+            await self.web.close()
         for handle in self.handles.values():
             await handle.close(grace=0)
         if self.store is not None:

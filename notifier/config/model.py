@@ -89,6 +89,23 @@ class SignaturesSection(StrictModel):
     on_invalid: Literal["drop", "mark"] = "drop"
 
 
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen {value!r} is not HOST:PORT like 127.0.0.1:8080")
+    return value
+
+
+class WebSection(StrictModel):
+    """The HTTP server for feeds, the live page, /healthz and /metrics."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:8080"
+    # The public address feeds link to (behind a reverse proxy); default: the request's host.
+    base_url: str | None = None
+    max_clients: int = Field(default=100, ge=1, description="concurrent live (SSE) clients")
+    heartbeat: float = Field(default=15.0, gt=0, le=300, description="seconds between SSE keep-alives")
+
+
 class ConfigFile(StrictModel):
     bus: BusSection = Field(default_factory=BusSection)
     accounts: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -98,6 +115,7 @@ class ConfigFile(StrictModel):
     services: list[str] = Field(default_factory=list)
     state: str | None = None
     signatures: SignaturesSection | None = None
+    web: WebSection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +144,7 @@ class Config:
     signatures: SignatureSettings = field(default_factory=SignatureSettings)
     max_json_depth: int = DEFAULT_MAX_DEPTH
     max_string_length: int = DEFAULT_MAX_STRING
+    web: WebSection | None = None
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -190,6 +209,7 @@ def config_from_document(doc: LocatedDocument) -> Config:
         signatures=signatures,
         max_json_depth=parsed.bus.max_json_depth,
         max_string_length=parsed.bus.max_string_length,
+        web=parsed.web,
     )
 
 
