@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure, TemporaryFailure
+from fedmsg_notify.config.redact import register_secret
 from pydantic import Field
 
 from .hub import HUB, Access, FeedHub, FeedItem
@@ -69,6 +70,9 @@ class WebBackend(Backend):
             tokens = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
             if not tokens:
                 raise PermanentFailure(f"token_file {path} holds no token")
+            for token in tokens:
+                # Masked in every log line from here on, like every other secret.
+                register_secret(token)
         access = Access(tokens=tokens, cors_origins=tuple(self.options.cors_origins))
         self.hub.register(self.account_name, access, self.options.keep)
 
