@@ -110,6 +110,10 @@ class Daemon:
         pruned = store.prune(self.clock.time())
         if pruned:
             log.info("pruned %d finished rows older than the retention", pruned)
+        if self.config.web is not None:
+            # Kept feed items are back before any queued web delivery is sent.
+            webserver.attach_feed_file(self.config)
+            webserver.declare_feeds(self.config, self.pipeline.rules)
         await self._start_backends(self.handles.values())
         for destination in store.pending_destinations():
             self.worker(destination)
@@ -124,7 +128,6 @@ class Daemon:
             receive_queue=self.config.receive_queue,
         )
         if self.config.web is not None:
-            webserver.declare_feeds(self.config, self.pipeline.rules)
             self.web = await webserver.start_web(
                 self.config.web, self.config.source, webserver.snapshot_of(self, self.clock.time)
             )

@@ -9,8 +9,10 @@ so a daemon without the ``web`` extra runs everything else.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fedmsg_notify.config.model import Config, WebSection
@@ -33,6 +35,24 @@ class Observed(Protocol):
     reloads: int
     _saved_malformed: Counter[str]
     _saved_refused: Counter[str]
+
+
+def feed_file_path(config: Config) -> Path:
+    """Where the feeds' kept items live: beside the daemon's state (``state.db`` → ``state-web.db``)."""
+    state = config.state_path
+    return state.with_name(f"{state.stem}-web{state.suffix or '.db'}")
+
+
+def attach_feed_file(config: Config) -> None:
+    from fedmsg_notify.backends.web import WebBackend
+    from fedmsg_notify.backends.web.persist import FeedFile
+
+    if WebBackend.hub.file is None:
+        path = feed_file_path(config)
+        try:
+            WebBackend.hub.attach(FeedFile(path))
+        except (OSError, sqlite3.Error) as exc:
+            raise ProblemsError([Problem(Position(config.source, 1, 1), f"web: cannot open {path}: {exc}")]) from exc
 
 
 def declare_feeds(config: Config, rules: RuleSet) -> None:

@@ -217,3 +217,49 @@ def test_metrics_parse_and_count_messages_and_deliveries(tmp_path: Path, web_dae
     assert "fedmsg_notify_messages_refused" in families
     assert "fedmsg_notify_retrying" in families
     assert families["fedmsg_notify_web_live_clients"].samples[0].value == 0
+
+
+def test_feeds_and_event_ids_survive_a_restart(tmp_path: Path, web_daemons: list[WebDaemon]) -> None:
+    daemon = start(tmp_path, web_daemons)
+    first = daemon.publish(bodhi_comment("alice", "FEDORA-2026-0001"))
+    second = daemon.publish(bodhi_comment("bob", "FEDORA-2026-0002"))
+    daemon.wait_for_items("bodhi", 2)
+    daemon.stop()
+    assert daemon.proc.returncode == 0, daemon.log.read_text()
+
+    again = start(tmp_path, web_daemons)
+    entries = feedparser.parse(again.get("/feeds/bodhi.atom").content).entries
+    assert [e.id for e in entries] == [f"urn:fedmsg:{m['msg_id']}" for m in (second, first)]
+    reader = SSEReader(f"{again.base}/feeds/bodhi/events", headers={"Last-Event-ID": "1"})
+    try:
+        event_id, _, data = reader.next_event()
+        assert (event_id, data["msg_id"]) == ("2", second["msg_id"])
+        third = again.publish(bodhi_comment("carol", "FEDORA-2026-0003"))
+        event_id, _, data = reader.next_event()
+        assert (event_id, data["msg_id"]) == ("3", third["msg_id"])
+    finally:
+        reader.close()
+
+
+def test_live_clients_are_capped(tmp_path: Path, web_daemons: list[WebDaemon]) -> None:
+    daemon = start_web_daemon(tmp_path, RULES, accounts(tmp_path), web="max_clients: 1")
+    web_daemons.append(daemon)
+    first = SSEReader(f"{daemon.base}/feeds/bodhi/events")
+    try:
+        first.wait_open()
+        refused = daemon.get("/feeds/bodhi/events")
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
+    finally:
+        first.close()
+    # The slot is free again once the first client has gone.
+    deadline = time.monotonic() + 10
+    while True:
+        second = SSEReader(f"{daemon.base}/feeds/bodhi/events")
+        try:
+            if second.response.status_code == 200:
+                second.wait_open()
+                break
+        finally:
+            second.close()
+        assert time.monotonic() < deadline, "the slot never came back"
+        time.sleep(0.05)

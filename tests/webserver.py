@@ -79,7 +79,9 @@ class WebDaemon:
                 self.proc.wait(10)
 
 
-def start_web_daemon(tmp: Path, rules: str, accounts: str, *, templates: Path | None = None) -> WebDaemon:
+def start_web_daemon(
+    tmp: Path, rules: str, accounts: str, *, templates: Path | None = None, web: str = ""
+) -> WebDaemon:
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     (tmp / "rules").mkdir(exist_ok=True)
@@ -90,7 +92,7 @@ def start_web_daemon(tmp: Path, rules: str, accounts: str, *, templates: Path | 
         *(f"  {line}" for line in accounts.strip().splitlines()),
         f"rules: [{tmp / 'rules'}]",
         f"state: {tmp / 'state.db'}",
-        f"web: {{listen: '127.0.0.1:{port}', heartbeat: 1}}",
+        f"web: {{listen: '127.0.0.1:{port}', heartbeat: 1{', ' + web if web else ''}}}",
     ]
     if templates is not None:
         lines.append(f"templates: [{templates}]")

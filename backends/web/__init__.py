@@ -82,7 +82,8 @@ class WebBackend(Backend):
             raise PermanentFailure("a web destination needs 'to: <feed name>'")
         feed = self.hub.declare(to, self.account_name)
         agent = item.meta.get("agent")
-        feed.add(
+        self.hub.append(
+            feed,
             FeedItem(
                 seq=feed.last_seq + 1,
                 msg_id=item.msg_id,
@@ -93,7 +94,7 @@ class WebBackend(Backend):
                 author=agent if isinstance(agent, str) and agent else None,
                 category=item.service,
                 updated=item.timestamp,
-            )
+            ),
         )
 
 

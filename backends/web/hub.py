@@ -14,7 +14,10 @@ import secrets
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .persist import FeedFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,28 @@ class FeedHub:
         self.keep: dict[str, int] = {}
         # Changes on every start, so an ETag from before a restart never matches by accident.
         self.epoch = secrets.token_hex(4)
+        # Where kept items go so they survive a restart (set when the web server runs).
+        self.file: FeedFile | None = None
+
+    def attach(self, file: FeedFile) -> None:
+        """Keep items in ``file`` from now on; feeds declared before it are reloaded from it."""
+        self.file = file
+        for feed in self.feeds.values():
+            if not feed.items:
+                self._load(feed)
+
+    def _load(self, feed: Feed) -> None:
+        if self.file is None:
+            return
+        feed.items.extend(self.file.load(feed.name, feed.keep))
+        if feed.items:
+            feed.last_seq = feed.items[-1].seq
+
+    def append(self, feed: Feed, item: FeedItem) -> None:
+        """Add ``item`` (stored first, when a file is attached), then tell the live listeners."""
+        if self.file is not None:
+            self.file.append(feed.name, item, feed.keep)
+        feed.add(item)
 
     def register(self, account: str, access: Access, keep: int) -> None:
         self.access[account] = access
@@ -109,6 +134,8 @@ class FeedHub:
         for feed in self.feeds.values():
             if feed.account == account:
                 feed.keep = keep
+                while len(feed.items) > keep:
+                    feed.items.popleft()
 
     def declare(self, name: str, account: str) -> Feed:
         feed = self.feeds.get(name)
@@ -116,7 +143,9 @@ class FeedHub:
             old = feed
             feed = Feed(name=name, account=account, keep=self.keep.get(account, 100))
             if old is not None:
-                feed.items, feed.last_seq = old.items, old.last_seq
+                feed.items, feed.last_seq, feed.listeners = old.items, old.last_seq, old.listeners
+            else:
+                self._load(feed)
             self.feeds[name] = feed
         return feed
 
@@ -125,6 +154,9 @@ class FeedHub:
         return self.access.get(feed.account) or Access(tokens=(secrets.token_hex(32),))
 
     def clear(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
         self.feeds.clear()
         self.access.clear()
         self.keep.clear()
