@@ -6,6 +6,9 @@ import time
 from pathlib import Path
 
 import feedparser
+import pytest
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.config.yaml_positions import ProblemsError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.webserver import BODHI, SSEReader, WebDaemon, bodhi_comment, start_web_daemon, web_daemons
@@ -263,3 +266,33 @@ def test_live_clients_are_capped(tmp_path: Path, web_daemons: list[WebDaemon]) -
             second.close()
         assert time.monotonic() < deadline, "the slot never came back"
         time.sleep(0.05)
+
+
+def config_problems(tmp: Path, text: str) -> list[str]:
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ProblemsError) as caught:
+        load_config(path)
+    return [str(p).replace(str(path), "config.yaml") for p in caught.value.problems]
+
+
+def test_bad_web_settings_name_file_line_column(tmp_path: Path) -> None:
+    problems = config_problems(
+        tmp_path,
+        "accounts:\n  feeds: {backend: web, keep: 0, colour: red}\nweb:\n  listen: localhost\n  max_clients: 0\n",
+    )
+    assert any(p.startswith("config.yaml:2:") and "keep" in p for p in problems), problems
+    assert any(p.startswith("config.yaml:2:") and "colour" in p for p in problems), problems
+    assert any(p.startswith("config.yaml:4:") and "HOST:PORT" in p for p in problems), problems
+    assert any(p.startswith("config.yaml:5:") and "max_clients" in p for p in problems), problems
+
+
+def test_a_good_web_section_loads(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "accounts: {feeds: {backend: web}}\nweb: {listen: '127.0.0.1:8080', base_url: 'https://n.example.org'}\n"
+    )
+    config = load_config(path)
+    assert config.web is not None and config.web.listen == "127.0.0.1:8080"
+    assert config.web.base_url == "https://n.example.org"
+    assert config.accounts["feeds"].backend.__name__ == "WebBackend"
