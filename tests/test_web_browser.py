@@ -8,13 +8,17 @@ toast is saved under ``build/test-artifacts/``.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fedmsg_notify.bus.zeromq import Publisher
 
+from tests.conftest import free_port
 from tests.webserver import WebDaemon, bodhi_comment, start_web_daemon, web_daemons
 
 __all__ = ["web_daemons"]
@@ -128,3 +132,63 @@ def test_hostile_content_shows_as_text_in_the_toast(
     assert browser.title != "pwned"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "web-toast-hostile.png"))
+
+
+APP_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>another web app</title></head>
+<body><h1>Some Fedora web app</h1>
+<script src="{base}/embed.js" data-feed="bodhi"></script>
+</body></html>
+"""
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["allowed-origin", "other-origin"])
+def test_embed_js_shows_toasts_in_another_web_app(
+    tmp_path: Path, web_daemons: list[WebDaemon], browser: webdriver.Chrome, allowed: bool
+) -> None:
+    # The other app: a real HTTP server on another port, i.e. another origin.
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    app_port = free_port()
+    origin = f"http://127.0.0.1:{app_port}"
+    listed = origin if allowed else "https://apps.example.org"
+    daemon = start_web_daemon(tmp_path, RULES, f"web: {{backend: web, cors_origins: ['{listed}']}}")
+    web_daemons.append(daemon)
+    (app_dir / "index.html").write_text(APP_PAGE.format(base=daemon.base))
+    app = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(app_port), "--bind", "127.0.0.1", "--directory", str(app_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"{origin}/index.html", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the app's HTTP server never answered"
+            time.sleep(0.05)
+        browser.get(f"{origin}/index.html")
+        WebDriverWait(browser, 10).until(
+            lambda d: d.find_element(By.TAG_NAME, "html").get_attribute("data-fn-live") in ("0", "1")
+        )
+        state = browser.find_element(By.TAG_NAME, "html").get_attribute("data-fn-live")
+        if not allowed:
+            # The browser refused the stream: no Access-Control-Allow-Origin for this origin.
+            assert state == "0"
+            return
+        assert state == "1"
+        daemon.publisher = Publisher(daemon.endpoint, username="tester", wait=10.0)
+        daemon.publisher.wait_for_subscribers()
+        daemon.publish(bodhi_comment("alice", "FEDORA-2026-0009"))
+        toast = WebDriverWait(browser, 5.0, poll_frequency=0.05).until(
+            expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, "#fn-toasts .fn-toast"))
+        )
+        assert toast.find_element(By.CSS_SELECTOR, ".fn-title").text.startswith("alice commented")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "web-embed-toast.png"))
+    finally:
+        app.terminate()
+        app.wait(10)

@@ -96,6 +96,10 @@
   // EventSource reconnects on its own and sends Last-Event-ID, so nothing is missed.
   var source = new EventSource(url);
   source.addEventListener("open", function () { document.documentElement.setAttribute("data-fn-live", "1"); });
+  source.addEventListener("error", function () {
+    // Closed for good (refused: no token, a CORS origin not allowed); otherwise it reconnects.
+    if (source.readyState === EventSource.CLOSED) { document.documentElement.setAttribute("data-fn-live", "0"); }
+  });
   source.addEventListener("item", function (event) {
     var item;
     try { item = JSON.parse(event.data); } catch (e) { return; }
