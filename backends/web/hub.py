@@ -14,10 +14,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .persist import FeedFile
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +41,16 @@ class FeedItem:
             "category": self.category,
             "updated": self.updated,
         }
+
+
+class ItemFile(Protocol):
+    """Where kept items survive a restart (:class:`.persist.FeedFile`)."""
+
+    def load(self, feed: str, keep: int) -> list[FeedItem]: ...
+
+    def append(self, feed: str, item: FeedItem, keep: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -106,9 +113,9 @@ class FeedHub:
         # Changes on every start, so an ETag from before a restart never matches by accident.
         self.epoch = secrets.token_hex(4)
         # Where kept items go so they survive a restart (set when the web server runs).
-        self.file: FeedFile | None = None
+        self.file: ItemFile | None = None
 
-    def attach(self, file: FeedFile) -> None:
+    def attach(self, file: ItemFile) -> None:
         """Keep items in ``file`` from now on; feeds declared before it are reloaded from it."""
         self.file = file
         for feed in self.feeds.values():
