@@ -7,6 +7,7 @@ from pathlib import Path
 
 import feedparser
 import pytest
+from fedmsg_notify.backends.web import safe_link
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.config.yaml_positions import ProblemsError
 from prometheus_client.parser import text_string_to_metric_families
@@ -296,3 +297,20 @@ def test_a_good_web_section_loads(tmp_path: Path) -> None:
     assert config.web is not None and config.web.listen == "127.0.0.1:8080"
     assert config.web.base_url == "https://n.example.org"
     assert config.accounts["feeds"].backend.__name__ == "WebBackend"
+
+
+@pytest.mark.parametrize(
+    ("link", "kept"),
+    [
+        ("https://bodhi.fedoraproject.org/updates/FEDORA-2026-1", True),
+        ("  http://example.org/x  ", True),
+        ("javascript:alert(1)", False),
+        ("JaVaScRiPt:alert(1)", False),
+        ("data:text/html,<script>alert(1)</script>", False),
+        ("https://example.org/\nSet-Cookie: x", False),
+        ("//example.org/x", False),
+        ("", False),
+    ],
+)
+def test_only_plain_http_links_become_links(link: str, kept: bool) -> None:
+    assert (safe_link(link) is not None) is kept

@@ -31,6 +31,8 @@ def safe_link(link: str | None) -> str | None:
     if not link:
         return None
     link = link.strip()
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in link):
+        return None
     return link if link.lower().startswith(SAFE_SCHEMES) else None
 
 
@@ -43,7 +45,8 @@ class WebAccount(AccountOptions):
 class WebBackend(Backend):
     name: ClassVar[str] = "web"
     parts: ClassVar[tuple[str, ...]] = ("title", "link", "summary", "content")
-    line_parts: ClassVar[frozenset[str]] = frozenset({"title", "link", "summary"})
+    # The link may be empty (a message without one), so it is no line part; safe_link vets it.
+    line_parts: ClassVar[frozenset[str]] = frozenset({"title", "summary"})
     html_parts: ClassVar[frozenset[str]] = frozenset({"content"})
     # Appending to memory: no remote end to spare.
     rate: ClassVar[float] = 10_000.0
