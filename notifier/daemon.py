@@ -91,12 +91,12 @@ class Daemon:
         self.workers: dict[str, DestinationWorker] = {}
         self.digests: DigestScheduler | None = None
         self.reloads = 0
+        # The HTTP server of the web backend, when the config has a `web:` section.
+        self.web: Any = None
         self._stop = asyncio.Event()
         self._saved_malformed: Counter[str] = Counter()
         self._saved_refused: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
-        # The HTTP server of the web backend, when the config has a `web:` section.
-        self.web: Any = None
 
     # -- public --------------------------------------------------------------------------
 

@@ -142,9 +142,9 @@ class Config:
     state_path: Path
     fedmsg: dict[str, Any] = field(default_factory=dict)
     signatures: SignatureSettings = field(default_factory=SignatureSettings)
+    web: WebSection | None = None
     max_json_depth: int = DEFAULT_MAX_DEPTH
     max_string_length: int = DEFAULT_MAX_STRING
-    web: WebSection | None = None
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -207,9 +207,9 @@ def config_from_document(doc: LocatedDocument) -> Config:
         state_path=_resolve(base, parsed.state) if parsed.state else default_state_path(),
         fedmsg=fedmsg,
         signatures=signatures,
+        web=parsed.web,
         max_json_depth=parsed.bus.max_json_depth,
         max_string_length=parsed.bus.max_string_length,
-        web=parsed.web,
     )
 
 
