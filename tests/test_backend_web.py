@@ -314,3 +314,15 @@ def test_a_good_web_section_loads(tmp_path: Path) -> None:
 )
 def test_only_plain_http_links_become_links(link: str, kept: bool) -> None:
     assert (safe_link(link) is not None) is kept
+
+
+def test_an_idle_stream_carries_heartbeats(tmp_path: Path, web_daemons: list[WebDaemon]) -> None:
+    daemon = start(tmp_path, web_daemons)
+    reader = SSEReader(f"{daemon.base}/feeds/bodhi/events", timeout=5.0)
+    try:
+        assert reader.response.headers["Content-Type"] == "text/event-stream"
+        reader.wait_open()
+        # heartbeat: 1 in the test config; each read is bounded by the reader's timeout.
+        assert next(line for line in reader.lines if line) == ": ping"
+    finally:
+        reader.close()
