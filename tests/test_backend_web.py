@@ -280,12 +280,16 @@ def config_problems(tmp: Path, text: str) -> list[str]:
 def test_bad_web_settings_name_file_line_column(tmp_path: Path) -> None:
     problems = config_problems(
         tmp_path,
-        "accounts:\n  feeds: {backend: web, keep: 0, colour: red}\nweb:\n  listen: localhost\n  max_clients: 0\n",
+        "accounts:\n  feeds: {backend: web, keep: 0, colour: red}\n"
+        "  other: {backend: web, token_file: relative.token, cors_origins: ['https://x.org/path']}\n"
+        "web:\n  listen: localhost\n  max_clients: 0\n",
     )
     assert any(p.startswith("config.yaml:2:") and "keep" in p for p in problems), problems
     assert any(p.startswith("config.yaml:2:") and "colour" in p for p in problems), problems
-    assert any(p.startswith("config.yaml:4:") and "HOST:PORT" in p for p in problems), problems
-    assert any(p.startswith("config.yaml:5:") and "max_clients" in p for p in problems), problems
+    assert any(p.startswith("config.yaml:3:") and "absolute path" in p for p in problems), problems
+    assert any(p.startswith("config.yaml:3:") and "CORS origin" in p for p in problems), problems
+    assert any(p.startswith("config.yaml:5:") and "HOST:PORT" in p for p in problems), problems
+    assert any(p.startswith("config.yaml:6:") and "max_clients" in p for p in problems), problems
 
 
 def test_a_good_web_section_loads(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.config.redact import register_secret
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .hub import HUB, Access, FeedHub, FeedItem
 
@@ -40,6 +40,23 @@ class WebAccount(AccountOptions):
     keep: int = Field(default=100, ge=1, le=100_000, description="items kept per feed")
     token_file: str | None = Field(default=None, description="file of reader tokens, one a line")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed to read the feeds")
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_absolute():
+            # The daemon runs from / under systemd; a relative path would point elsewhere than `check` looked.
+            raise ValueError(f"token_file must be an absolute path, got '{value}'")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            scheme, sep, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                raise ValueError(f"CORS origin {origin!r} is not scheme://host[:port] (no path)")
+        return value
 
 
 class WebBackend(Backend):
