@@ -54,6 +54,7 @@ EXTRAS = {
     # `state: postgresql://...`: several daemons sharing one store.
     "postgresql": ["psycopg[binary]>=3.1"],
     "matrix": ["mautrix>=0.20"],
+    "web": ["aiohttp>=3.9", "feedgen>=1.0", "prometheus-client>=0.20"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = EXTRAS["all"] + [
@@ -70,6 +71,8 @@ EXTRAS["test"] = EXTRAS["all"] + [
     "mypy>=1.10",
     "ruff>=0.5",
     "types-PyYAML",
+    "feedparser>=6.0",
+    "selenium>=4.20",
 ]
 
 setup(
@@ -87,6 +90,7 @@ setup(
         "fedmsg_notify.meta.services": ["*.yaml"],
         "fedmsg_notify.data": ["*.jsonl", "*.yaml", "*.service", "icons/*"],
         "fedmsg_notify.templates": ["*/*.j2"],
+        "fedmsg_notify.backends.web": ["static/*"],
         "fedmsg_notify.example_rules": ["*.yaml", "matrix/*.yaml"],
     },
     include_package_data=False,

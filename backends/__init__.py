@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "mastodon": "fedmsg_notify.backends.mastodon:MastodonBackend",
     "desktop": "fedmsg_notify.backends.desktop:DesktopBackend",
     "matrix": "fedmsg_notify.backends.matrix:MatrixBackend",
+    "web": "fedmsg_notify.backends.web:WebBackend",
 }
 
 

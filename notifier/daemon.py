@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from fedmsg_notify import systemd
+from fedmsg_notify import systemd, webserver
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber, amqp_state_path
 from fedmsg_notify.bus.envelope import Message
@@ -106,6 +106,8 @@ class Daemon:
         self.workers: dict[str, DestinationWorker] = {}
         self.digests: DigestScheduler | None = None
         self.reloads = 0
+        # The HTTP server of the web backend, when the config has a `web:` section.
+        self.web: Any = None
         self._stop = asyncio.Event()
         self._saved_malformed: Counter[str] = Counter()
         self._saved_refused: Counter[str] = Counter()
@@ -127,6 +129,10 @@ class Daemon:
             log.info("pruned %d finished rows older than the retention", pruned)
         if getattr(store, "cluster", False):
             self._start_cluster()
+        if self.config.web is not None:
+            # Kept feed items are back before any queued web delivery is sent.
+            webserver.attach_feed_file(self.config)
+            webserver.declare_feeds(self.config, self.pipeline.rules)
         await self._start_backends(h for name, h in self.handles.items() if self._serves(name))
         for destination in store.pending_destinations():
             self.worker(destination)
@@ -149,6 +155,10 @@ class Daemon:
             )
             self.amqp.on_change = self._save_amqp_state
             self._save_amqp_state()
+        if self.config.web is not None:
+            self.web = await webserver.start_web(
+                self.config.web, self.config.source, webserver.snapshot_of(self, self.clock.time)
+            )
         consumer = asyncio.create_task(self._consume_all(), name="intake")
         # Periodic chores end with the loop; they hold no work worth waiting for.
         background = [
@@ -232,7 +242,8 @@ class Daemon:
             log.exception("reload refused; still running the previous configuration")
             systemd.ready()
             return False
-        for what in ("endpoints", "subscribe", "state_path", "state_url", "max_message_bytes", "receive_queue", "amqp"):
+        for what in ("endpoints", "subscribe", "state_path", "state_url", "max_message_bytes", "receive_queue", "amqp",
+                     "web"):
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
@@ -244,6 +255,8 @@ class Daemon:
             worker.notify()
         for handle in retired:
             self._spawn(handle.close(self.shutdown_timeout), "close retired backend")
+        if config.web is not None:
+            webserver.declare_feeds(config, pipeline.rules)
         self.reloads += 1
         log.info("reloaded %s: %d account(s)", config.source, len(config.accounts))
         systemd.ready()
@@ -499,6 +512,8 @@ class Daemon:
                 )
                 await asyncio.wait(pending, timeout=1.0)
         self._save_counters()
+        if self.web is not None:
+            await self.web.close()
         for handle in self.handles.values():
             await handle.close(grace=0)
         if self.locks is not None:

@@ -77,6 +77,20 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "fedmsg_notify.config.validation": ("fedmsg_notify.bus", "fedmsg_notify.backends", "fedmsg_notify.config.model"),
     "fedmsg_notify.daemon": ("fedmsg_notify.commands",),
     "fedmsg_notify.daemon_cluster": ("fedmsg_notify.commands",),
+    # The web backend's HTTP server knows nothing of the daemon: it gets settings and a snapshot callable.
+    "fedmsg_notify.backends.web": (
+        "fedmsg_notify.bus",
+        "fedmsg_notify.meta",
+        "fedmsg_notify.matching",
+        "fedmsg_notify.render.renderer",
+        "fedmsg_notify.store",
+        "fedmsg_notify.delivery",
+        "fedmsg_notify.commands",
+        "fedmsg_notify.daemon",
+        "fedmsg_notify.webserver",
+        "fedmsg_notify.config.model",
+    ),
+    "fedmsg_notify.webserver": ("fedmsg_notify.commands", "fedmsg_notify.daemon", "fedmsg_notify.delivery"),
 }
 
 # Stages that must stay free of the command line and of each other's tops.

@@ -113,6 +113,23 @@ class SignaturesSection(StrictModel):
     on_invalid: Literal["drop", "mark"] = "drop"
 
 
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen {value!r} is not HOST:PORT like 127.0.0.1:8080")
+    return value
+
+
+class WebSection(StrictModel):
+    """The HTTP server for feeds, the live page, /healthz and /metrics."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:8080"
+    # The public address feeds link to (behind a reverse proxy); default: the request's host.
+    base_url: str | None = None
+    max_clients: int = Field(default=100, ge=1, description="concurrent live (SSE) clients")
+    heartbeat: float = Field(default=15.0, gt=0, le=300, description="seconds between SSE keep-alives")
+
+
 class ConfigFile(StrictModel):
     bus: BusSection = Field(default_factory=BusSection)
     accounts: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -127,6 +144,7 @@ class ConfigFile(StrictModel):
     # Seconds a daemon's claim on queued deliveries lasts before another daemon may take them.
     state_lease: float = Field(default=60.0, gt=0)
     signatures: SignaturesSection | None = None
+    web: WebSection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +171,7 @@ class Config:
     state_path: Path
     fedmsg: dict[str, Any] = field(default_factory=dict)
     signatures: SignatureSettings = field(default_factory=SignatureSettings)
+    web: WebSection | None = None
     max_json_depth: int = DEFAULT_MAX_DEPTH
     max_string_length: int = DEFAULT_MAX_STRING
     # Where `state:` is written in the config (None: the default), for errors about the state.
@@ -227,6 +246,7 @@ def config_from_document(doc: LocatedDocument) -> Config:
         state_path=_resolve(base, parsed.state) if parsed.state and not state_url else default_state_path(),
         fedmsg=fedmsg,
         signatures=signatures,
+        web=parsed.web,
         max_json_depth=parsed.bus.max_json_depth,
         max_string_length=parsed.bus.max_string_length,
         state_where=doc.where(("state",)) if parsed.state else None,
