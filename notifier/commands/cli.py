@@ -10,6 +10,7 @@ import asyncio
 import fnmatch
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,14 +64,28 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except SignatureConfigError as exc:
             print(f"publish: {exc}", file=sys.stderr)
             return 1
-    publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=args.wait, signer=signer)
+    wait = 0.0 if args.no_wait else args.wait
+    publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=wait, signer=signer)
+    printing = args.verbose
     try:
         for msg in msgs:
             envelope = publisher.publish(args.topic, msg)
-            if args.verbose:
-                print(envelope["msg_id"])
+            if printing:
+                try:
+                    print(envelope["msg_id"], flush=True)
+                except BrokenPipeError:
+                    # `publish -v | head`: the reader left; the messages still go out.
+                    _silence_stdout()
+                    printing = False
     finally:
         publisher.close()
+    if publisher.unheard:
+        print(
+            f"publish: {publisher.unheard} of {publisher.sent} messages went out with no subscriber listening "
+            f"on {args.endpoint} (waited {wait:g} s); they are lost. Is the daemon running and subscribed to it?",
+            file=sys.stderr,
+        )
+        return 0 if args.no_wait else 1
     return 0
 
 
@@ -183,9 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait",
         type=float,
-        default=1.0,
+        default=10.0,
         metavar="SECONDS",
-        help="how long to wait for subscribers before sending (default %(default)s)",
+        help="wait up to this long for a subscriber before sending; sending stops waiting as soon as "
+        "one is there (default %(default)s). Exit status 1 if messages went out with no subscriber",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="send at once, fire-and-forget: messages no one hears are lost, and the exit status stays 0",
     )
     p.add_argument("--cert", metavar="FILE", help="sign as fedmsg does (x509) with this PEM certificate...")
     p.add_argument("--key", metavar="FILE", help="...and this unencrypted PEM RSA private key")
@@ -203,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit flush cannot raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -213,8 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     install_log_redaction()
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        # Flush here, not at interpreter exit, so a closed pipe is caught below.
+        sys.stdout.flush()
+        return code
     except ProblemsError as exc:
         return _print_problems(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `fedmsg-notify tail | head` and the like: the reader is gone, which is no error of ours.
+        _silence_stdout()
+        return 0
