@@ -77,6 +77,7 @@ from fedmsg_notify.backend import (
     Item,
     PermanentFailure,
     TemporaryFailure,
+    install_hint,
 )
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render import sanitize
@@ -146,7 +147,7 @@ ICON_NAMES: Mapping[str, str] = {
 }
 # An icon-theme name: what the icon naming spec allows (lowercase words joined by "-").
 ICON_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
-INSTALL_HINT = "pip install fedmsg-notify[desktop]"
+INSTALL_HINT = install_hint("desktop")
 
 
 # --- configuration --------------------------------------------------------------------

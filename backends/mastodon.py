@@ -49,6 +49,7 @@ from fedmsg_notify.backend import (
     Item,
     PermanentFailure,
     TemporaryFailure,
+    install_hint,
 )
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import plain_text
@@ -431,7 +432,7 @@ class MastodonBackend(Backend):
             import httpx
         except ImportError as exc:
             raise BackendUnavailable(
-                f"account '{self.account_name}': the mastodon backend needs httpx: pip install fedmsg-notify[mastodon]"
+                f"account '{self.account_name}': the mastodon backend needs httpx: {install_hint('mastodon')}"
             ) from exc
         self._token = self._read_token()
         if self._client is not None:

@@ -48,6 +48,11 @@ class BackendUnavailable(Exception):
     """The backend's optional library is missing; the message names the extra to install."""
 
 
+def install_hint(extra: str) -> str:
+    """How to install a backend's extra: the package is installed from a checkout, not PyPI."""
+    return f"pip install '.[{extra}]' in the fedmsg-notify checkout (the '{extra}' extra)"
+
+
 class AccountOptions(StrictModel):
     """Options every account has; backends extend this with their own keys."""
 

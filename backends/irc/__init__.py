@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, PermanentFailure
+from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, PermanentFailure, install_hint
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -202,7 +202,7 @@ class IRCBackend(Backend):
         try:
             import irc.client_aio  # noqa: F401
         except ImportError as exc:
-            raise BackendUnavailable("the irc backend needs the irc library: pip install fedmsg-notify[irc]") from exc
+            raise BackendUnavailable(f"the irc backend needs the irc library: {install_hint('irc')}") from exc
         await self.session.start()
 
     async def close(self) -> None:
