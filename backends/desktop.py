@@ -78,6 +78,7 @@ from fedmsg_notify.backend import (
     PermanentFailure,
     TemporaryFailure,
     install_hint,
+    missing_modules,
 )
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render import sanitize
@@ -530,6 +531,11 @@ class DesktopBackend(Backend):
     extra: ClassVar[str | None] = "desktop"
     Account: ClassVar[type[AccountOptions]] = DesktopAccount
     Options: ClassVar[type[StrictModel]] = DesktopOptions
+
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        return missing_modules("notify2", "dbus")
 
     def __init__(self, account_name: str, account: AccountOptions) -> None:
         super().__init__(account_name, account)

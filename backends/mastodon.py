@@ -50,6 +50,7 @@ from fedmsg_notify.backend import (
     PermanentFailure,
     TemporaryFailure,
     install_hint,
+    missing_modules,
 )
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import plain_text
@@ -413,6 +414,11 @@ class MastodonBackend(Backend):
     # Fake-able clocks: monotonic for waiting, wall time for the server's reset stamps.
     clock: Callable[[], float] = staticmethod(time.monotonic)
     wall_clock: Callable[[], float] = staticmethod(time.time)
+
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        return missing_modules("httpx")
 
     def __init__(self, account_name: str, account: AccountOptions) -> None:
         super().__init__(account_name, account)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
-from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure
+from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure, missing_modules
 from fedmsg_notify.backends.email.compose import Sender, compose, parse_address
 from fedmsg_notify.backends.email.transport import MaildirTransport, SmtpTransport, Transport
 from pydantic import Field, field_validator, model_validator
@@ -170,6 +170,20 @@ class EmailBackend(Backend):
             timeout=self.options.timeout,
             label=f"{self.account_name} ({target})",
         )
+
+    @classmethod
+    def recipient_problem(cls, to: str) -> str | None:
+        try:
+            parse_address(to, what="to")
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        if isinstance(account, EmailAccount) and account.target.scheme == "maildir":
+            return []
+        return missing_modules("aiosmtplib")
 
     async def start(self) -> None:
         await self.transport.start()

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, PermanentFailure, install_hint
+from fedmsg_notify.backend import (
+    AccountOptions,
+    Backend,
+    BackendUnavailable,
+    Item,
+    PermanentFailure,
+    install_hint,
+    missing_modules,
+)
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -238,6 +246,18 @@ class IRCBackend(Backend):
             raise PermanentFailure(f"message {item.msg_id} rendered to an empty IRC line")
         budget = self.session.budget(command.upper(), target)
         return fit(text, budget, split=split, max_lines=self.irc_account.max_lines)
+
+    @classmethod
+    def recipient_problem(cls, to: str) -> str | None:
+        if is_channel(to):
+            return None if CHANNEL_RE.match(to) else f"'{to}' is not a valid IRC channel name"
+        if NICK_RE.match(to):
+            return None  # a private message to that nick
+        return f"'{to}' is neither an IRC channel (starting with # or &) nor a nick"
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        return missing_modules("irc")
 
     def _target(self, item: Item) -> str:
         target = item.destination.to or ""
