@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedmsg_notify.bus.zeromq import LOCAL_RECONNECT_MAX_MS, RECONNECT_MAX_MS, Publisher, is_local
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.bus.zeromq import LOCAL_RECONNECT_MAX_MS, RECONNECT_MAX_MS, Publisher, Subscriber, is_local
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.testing import RecordingBackend
@@ -29,9 +30,12 @@ def write_config(tmp: Path, endpoint: str) -> Path:
     return path
 
 
-def publish_cli(endpoint: str, lines: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+def publish_cli(
+    endpoint: str, lines: list[str], *extra: str, topic: str | None = TOPIC
+) -> subprocess.CompletedProcess[str]:
+    topic_args = ["--topic", topic] if topic else []
     return subprocess.run(
-        [sys.executable, "-m", "fedmsg_notify", "publish", "--endpoint", endpoint, "--topic", TOPIC, *extra],
+        [sys.executable, "-m", "fedmsg_notify", "publish", "--endpoint", endpoint, *topic_args, *extra],
         input="".join(line + "\n" for line in lines),
         capture_output=True,
         text=True,
@@ -126,3 +130,56 @@ def test_publisher_counts_messages_nobody_subscribed_to() -> None:
         assert (publisher.sent, publisher.unheard) == (1, 1)
     finally:
         publisher.close(linger_ms=0)
+
+
+async def test_publish_reads_the_bundled_samples_as_they_are(tmp_path: Path) -> None:
+    """`publish` without --topic takes sample lines (and full envelopes): each keeps its own topic and body."""
+    path = subprocess.run(
+        [sys.executable, "-m", "fedmsg_notify", "demo", "--samples"], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()][:5]
+    wanted = [json.loads(line)["message"] for line in lines]
+    # One full envelope too, as `tail --json` prints them.
+    lines.append(json.dumps({"topic": TOPIC, "msg": {"plain": "envelope"}, "timestamp": 1}))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    subscriber = Subscriber([endpoint])
+    got: list[Message] = []
+
+    async def collect() -> None:
+        async for message in subscriber.messages():
+            got.append(message)
+            if len(got) == len(lines):
+                return
+
+    try:
+        reader = asyncio.create_task(asyncio.wait_for(collect(), 30))
+        result = await asyncio.to_thread(publish_cli, endpoint, lines, topic=None)
+        assert result.returncode == 0, result.stderr
+        await reader
+    finally:
+        subscriber.close()
+    assert [m.topic for m in got] == [w["topic"] for w in wanted] + [TOPIC]
+    assert [m.body for m in got] == [w["msg"] for w in wanted] + [{"plain": "envelope"}]
+
+
+def test_publish_without_topic_rejects_a_bare_body() -> None:
+    result = publish_cli(f"tcp://127.0.0.1:{free_port()}", ['{"agent": "ralph"}'], "--no-wait", topic=None)
+    assert result.returncode == 1
+    assert "<stdin>:1: without --topic each input must be a full envelope" in result.stderr
+
+
+def test_explain_takes_bodies_with_topic(tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    body.write_text('{"agent": "ralph", "comment": {"text": "works for me", "update": {"title": "pkg-1.0"}}}')
+    bare = subprocess.run(
+        [sys.executable, "-m", "fedmsg_notify", "explain", str(body)], capture_output=True, text=True, timeout=60
+    )
+    assert bare.returncode == 1 and "give its --topic" in bare.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "fedmsg_notify", "explain", "--json", "--topic", TOPIC, str(body)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["topic"] == TOPIC

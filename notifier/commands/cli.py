@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fedmsg_notify import __version__
 from fedmsg_notify.config.model import load_cli_config
@@ -44,14 +45,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
         payloads = [args.msg]
     else:
         payloads = [line for line in sys.stdin if line.strip()]
-    msgs = []
+    msgs: list[tuple[str, Any]] = []
     for number, text in enumerate(payloads, 1):
+        where = "--msg" if args.msg not in (None, "-") else f"<stdin>:{number}"
         try:
-            msgs.append(json.loads(text))
+            data = json.loads(text)
         except ValueError as exc:
-            where = "--msg" if args.msg not in (None, "-") else f"<stdin>:{number}"
             print(f"{where}: invalid JSON: {exc}", file=sys.stderr)
             return 1
+        if args.topic:
+            msgs.append((args.topic, data))
+            continue
+        # No --topic: each input is a full envelope, or a sample/archive line carrying one
+        # under "message" (the format of the bundled samples).
+        if isinstance(data, dict) and "topic" not in data and isinstance(data.get("message"), dict):
+            data = data["message"]
+        if not (isinstance(data, dict) and isinstance(data.get("topic"), str) and data["topic"] and "msg" in data):
+            print(
+                f"{where}: without --topic each input must be a full envelope with 'topic' and 'msg' "
+                "(or a sample line with it under 'message'); give --topic to publish message bodies",
+                file=sys.stderr,
+            )
+            return 1
+        msgs.append((data["topic"], data["msg"]))
     signer = None
     if args.cert or args.key:
         from fedmsg_notify.bus.signatures import SignatureConfigError, Signer
@@ -68,8 +84,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=wait, signer=signer)
     printing = args.verbose
     try:
-        for msg in msgs:
-            envelope = publisher.publish(args.topic, msg)
+        for topic, msg in msgs:
+            envelope = publisher.publish(topic, msg)
             if printing:
                 try:
                     print(envelope["msg_id"], flush=True)
@@ -176,7 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="dry run: which rules match a message and what each destination gets")
     config_opt(p)
-    p.add_argument("message", metavar="MESSAGE.json|-", help="a message file, or - for JSON lines on stdin")
+    p.add_argument(
+        "message",
+        metavar="MESSAGE.json|-",
+        help="a file of envelopes ({topic, msg, timestamp, ...}) or sample lines ({message: envelope}, "
+        "as in the bundled samples), one JSON document or JSON lines; - reads stdin",
+    )
+    p.add_argument(
+        "--topic", metavar="TOPIC", help="the inputs are message bodies (as `publish --topic` takes) on this topic"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(func=cmd_explain)
 
@@ -192,8 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint", default="tcp://127.0.0.1:9940", metavar="URL", help="endpoint to bind (default %(default)s)"
     )
     p.add_argument("--connect", action="store_true", help="connect to a relay's inbound endpoint instead of binding")
-    p.add_argument("--topic", required=True, help="full topic, e.g. org.fedoraproject.dev.logger.log")
-    p.add_argument("--msg", metavar="JSON", help="the message body; omit or '-' to read JSON lines from stdin")
+    p.add_argument(
+        "--topic",
+        help="full topic, e.g. org.fedoraproject.dev.logger.log; the inputs are then message bodies. "
+        "Without it each input is a full envelope ({topic, msg, ...}) or a sample line "
+        "({message: envelope}, as in the bundled samples, see `demo --samples`)",
+    )
+    p.add_argument("--msg", metavar="JSON", help="one message; omit or '-' to read JSON lines from stdin")
     p.add_argument("--username", default="fedmsg-notify", help="envelope username (default %(default)s)")
     p.add_argument(
         "--wait",
@@ -220,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the daemon end to end on embedded defaults with a local publisher")
     p.add_argument("--count", type=int, default=0, metavar="N", help="messages to replay (default: every sample)")
     p.add_argument("--rate", type=float, default=20.0, metavar="PER_SECOND", help="replay pace (default %(default)s)")
+    p.add_argument(
+        "--samples", action="store_true", help="print the path of the bundled sample messages (JSON lines) and exit"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -25,6 +25,11 @@ from fedmsg_notify.config.model import load_config
 log = logging.getLogger(__name__)
 
 
+def samples_path() -> str:
+    """The bundled samples: ``notifier/data/samples.jsonl`` in a checkout, ``fedmsg_notify/data/`` installed."""
+    return str(resources.files("fedmsg_notify.data").joinpath("samples.jsonl"))
+
+
 def sample_messages() -> list[dict[str, Any]]:
     """The bundled samples' envelopes (``topic`` and ``msg``), in file order."""
     text = resources.files("fedmsg_notify.data").joinpath("samples.jsonl").read_text(encoding="utf-8")
@@ -50,6 +55,9 @@ def demo_config_text(endpoint: str, state: Path) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from fedmsg_notify.daemon import Daemon
 
+    if getattr(args, "samples", False):
+        print(samples_path())
+        return 0
     samples = sample_messages()
     if args.count:
         samples = (samples * (args.count // len(samples) + 1))[: args.count]
