@@ -194,7 +194,8 @@ class EmailBackend(Backend):
         recipient = parse_address(item.destination.to, what="to", error=PermanentFailure)
         mail = compose(item, self.sender, recipient)
         await self.transport.deliver(mail, self.sender.address.addr_spec, recipient.addr_spec)
-        log.info("mailed %s (%s) to %s via %s", item.msg_id, item.topic, recipient.addr_spec, self.account_name)
+        what = item.topic or "a digest"  # a digest has no single topic
+        log.info("mailed %s (%s) to %s via %s", item.msg_id, what, recipient.addr_spec, self.account_name)
 
     async def close(self) -> None:
         await self.transport.close()

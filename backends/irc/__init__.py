@@ -25,8 +25,9 @@ from fedmsg_notify.backend import (
     install_hint,
     missing_modules,
 )
+from fedmsg_notify.bus.envelope import split_topic
 from fedmsg_notify.config.validation import StrictModel
-from fedmsg_notify.render.sanitize import strip_irc_formatting
+from fedmsg_notify.render.sanitize import irc_color, strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from .lines import age_suffix, describe_age, fit, wire_safe
@@ -93,7 +94,7 @@ class IRCAccount(AccountOptions):
     ca_file: Path | None = Field(default=None, description="CA bundle for ircs:// (e.g. a test or private CA)")
     notice: bool = Field(default=False, description="send NOTICE instead of PRIVMSG (bots, per RFC 2812 §3.3.2)")
     max_lines: int = Field(default=3, ge=1, le=10, description="continuation lines per message when split is on")
-    old_after: float = Field(default=120.0, ge=0, description="seconds after which a line says how old it is")
+    old_after: float = Field(default=60.0, ge=0, description="seconds after which a line says how old it is")
     regain_interval: float = Field(default=60.0, gt=0)
     reconnect_min: float = Field(default=2.0, gt=0)
     reconnect_max: float = Field(default=300.0, gt=0)
@@ -238,7 +239,7 @@ class IRCBackend(Backend):
     def format(self, item: Item, target: str, command: str, *, split: bool) -> list[str]:
         """The protocol-safe lines for ``item``: age added, colours dropped where the
         channel forbids them, cut to what the server can relay."""
-        text = wire_safe(item.rendered.get("line", ""))
+        text = environment_tag(item.topic) + wire_safe(item.rendered.get("line", ""))
         text += age_suffix(item.timestamp, threshold=self.irc_account.old_after)
         if not self.session.colours_allowed(target):
             text = strip_irc_formatting(text)
@@ -290,10 +291,24 @@ class IRCBackend(Backend):
             kind = kinds[service].most_common(1)[0][0]
             parts.append(f"{service}: {count} more ({kind})" if kind else f"{service}: {count} more")
         oldest = min((item.timestamp for item in items if item.timestamp > 0), default=0.0)
-        behind = f", {describe_age(max(0.0, time.time() - oldest))} behind" if oldest else ""
+        lag = max(0.0, time.time() - oldest) if oldest else 0.0
+        # A lag of a few seconds is how a flood looks, not news; say it from a minute on.
+        behind = f", {describe_age(lag)} behind" if lag >= SUMMARY_LAG else ""
         total = sum(per_service.values())
         # Count and lag first: if the line is truncated, the service list loses its tail.
-        return {"line": f"backlog: {total} messages coalesced{behind} - {', '.join(parts)}"}
+        head = irc_color("backlog:", "backlog")
+        return {"line": f"{head} {total} messages coalesced{behind} - {', '.join(parts)}"}
+
+
+SUMMARY_LAG = 60.0
+# The environments real buses carry besides prod; "test"/"local" are for test buses.
+MARKED_ENVS = frozenset({"stg", "dev"})
+
+
+def environment_tag(topic: str) -> str:
+    """Bold "[stg] " for a staging or dev message (``org.fedoraproject.stg.…``); "" for production."""
+    env = split_topic(topic).env if topic else ""
+    return f"\x02[{env}]\x02 " if env in MARKED_ENVS else ""
 
 
 def _kind(item: Item) -> str:
