@@ -183,3 +183,29 @@ def test_explain_takes_bodies_with_topic(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["topic"] == TOPIC
+
+
+async def test_publish_connect_waits_for_the_relay_subscription() -> None:
+    """`--connect` to a relay's bound SUB socket (fedmsg-relay's inbound side): every message arrives."""
+    import zmq
+    import zmq.asyncio
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.asyncio.Context.instance()
+    relay = ctx.socket(zmq.SUB)
+    relay.setsockopt(zmq.SUBSCRIBE, b"")
+    relay.setsockopt(zmq.LINGER, 0)
+    relay.bind(endpoint)
+    try:
+        sender = asyncio.create_task(
+            asyncio.to_thread(publish_cli, endpoint, [f'{{"n": {n}}}' for n in range(20)], "--connect")
+        )
+        got = []
+        for _ in range(20):
+            _topic, body = await asyncio.wait_for(relay.recv_multipart(), 30)
+            got.append(json.loads(body)["msg"]["n"])
+        result = await sender
+        assert result.returncode == 0, result.stderr
+        assert got == list(range(20))
+    finally:
+        relay.close()
