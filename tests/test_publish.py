@@ -96,7 +96,7 @@ def test_publish_verbose_into_a_closed_pipe_has_no_traceback(tmp_path: Path) -> 
     (tmp_path / "in.jsonl").write_text("".join(f'{{"n": {n}}}\n' for n in range(2000)))
     err = tmp_path / "err"
     cmd = (
-        f"{sys.executable} -m fedmsg_notify -v publish --no-wait --endpoint {endpoint} --topic {TOPIC}"
+        f"{sys.executable} -m fedmsg_notify publish -v --no-wait --endpoint {endpoint} --topic {TOPIC}"
         f" <{tmp_path / 'in.jsonl'} 2>{err} | head -1"
     )
     out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)

@@ -82,7 +82,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             return 1
     wait = 0.0 if args.no_wait else args.wait
     publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=wait, signer=signer)
-    printing = args.verbose
+    printing = args.verbose or args.print_ids
     try:
         for topic, msg in msgs:
             envelope = publisher.publish(topic, msg)
@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--msg", metavar="JSON", help="one message; omit or '-' to read JSON lines from stdin")
     p.add_argument("--username", default="fedmsg-notify", help="envelope username (default %(default)s)")
+    p.add_argument("-v", "--print-ids", action="store_true", help="print each sent message's msg_id on stdout")
     p.add_argument(
         "--wait",
         type=float,
