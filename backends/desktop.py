@@ -532,7 +532,6 @@ class DesktopBackend(Backend):
     Account: ClassVar[type[AccountOptions]] = DesktopAccount
     Options: ClassVar[type[StrictModel]] = DesktopOptions
 
-
     @classmethod
     def missing_libraries(cls, account: AccountOptions) -> list[str]:
         return missing_modules("notify2", "dbus")
