@@ -25,7 +25,6 @@ from fedmsg_notify.backend import (
     install_hint,
     missing_modules,
 )
-from fedmsg_notify.bus.envelope import split_topic
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import irc_color, strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -307,7 +306,8 @@ MARKED_ENVS = frozenset({"stg", "dev"})
 
 def environment_tag(topic: str) -> str:
     """Bold "[stg] " for a staging or dev message (``org.fedoraproject.stg.…``); "" for production."""
-    env = split_topic(topic).env if topic else ""
+    # The environment is the first topic part naming one (as the bus's split_topic finds it).
+    env = next((part for part in topic.split(".") if part in ("prod", "stg", "dev", "test", "local")), "")
     return f"\x02[{env}]\x02 " if env in MARKED_ENVS else ""
 
 
