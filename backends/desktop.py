@@ -77,6 +77,8 @@ from fedmsg_notify.backend import (
     Item,
     PermanentFailure,
     TemporaryFailure,
+    install_hint,
+    missing_modules,
 )
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render import sanitize
@@ -146,7 +148,7 @@ ICON_NAMES: Mapping[str, str] = {
 }
 # An icon-theme name: what the icon naming spec allows (lowercase words joined by "-").
 ICON_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
-INSTALL_HINT = "pip install fedmsg-notify[desktop]"
+INSTALL_HINT = install_hint("desktop")
 
 
 # --- configuration --------------------------------------------------------------------
@@ -530,6 +532,10 @@ class DesktopBackend(Backend):
     extra: ClassVar[str | None] = "desktop"
     Account: ClassVar[type[AccountOptions]] = DesktopAccount
     Options: ClassVar[type[StrictModel]] = DesktopOptions
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        return missing_modules("notify2", "dbus")
 
     def __init__(self, account_name: str, account: AccountOptions) -> None:
         super().__init__(account_name, account)

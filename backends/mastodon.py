@@ -49,6 +49,8 @@ from fedmsg_notify.backend import (
     Item,
     PermanentFailure,
     TemporaryFailure,
+    install_hint,
+    missing_modules,
 )
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import plain_text
@@ -413,6 +415,11 @@ class MastodonBackend(Backend):
     clock: Callable[[], float] = staticmethod(time.monotonic)
     wall_clock: Callable[[], float] = staticmethod(time.time)
 
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        return missing_modules("httpx")
+
     def __init__(self, account_name: str, account: AccountOptions) -> None:
         super().__init__(account_name, account)
         assert isinstance(account, MastodonAccount)
@@ -431,7 +438,7 @@ class MastodonBackend(Backend):
             import httpx
         except ImportError as exc:
             raise BackendUnavailable(
-                f"account '{self.account_name}': the mastodon backend needs httpx: pip install fedmsg-notify[mastodon]"
+                f"account '{self.account_name}': the mastodon backend needs httpx: {install_hint('mastodon')}"
             ) from exc
         self._token = self._read_token()
         if self._client is not None:

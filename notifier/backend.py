@@ -11,6 +11,7 @@ D-Bus, HTTP) are translated inside the backend and never reach the core.
 from __future__ import annotations
 
 import html
+import importlib.util
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,24 @@ class PermanentFailure(DeliveryError):
 
 class BackendUnavailable(Exception):
     """The backend's optional library is missing; the message names the extra to install."""
+
+
+def missing_modules(*names: str) -> list[str]:
+    """Which of these importable names are not installed (without importing them)."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def install_hint(extra: str) -> str:
+    """How to install a backend's extra: the package is installed from a checkout, not PyPI."""
+    return f"pip install '.[{extra}]' in the fedmsg-notify checkout (the '{extra}' extra)"
 
 
 class AccountOptions(StrictModel):
@@ -123,6 +142,16 @@ class Backend:
     def __init__(self, account_name: str, account: AccountOptions) -> None:
         self.account_name = account_name
         self.account = account
+
+    @classmethod
+    def recipient_problem(cls, to: str) -> str | None:
+        """Why a rule's ``to:`` could never be delivered to (``check`` reports it), else None."""
+        return None
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        """Optional libraries this account needs that are not installed (``check`` warns)."""
+        return []
 
     @property
     def pace(self) -> tuple[float, int]:

@@ -53,6 +53,7 @@ class Ngircd:
     password: str | None = None
     throttle: bool = True
     tls_cert: tuple[Path, Path] | None = None  # (certificate chain, key)
+    max_nick_length: int = 30  # ngircd's own default is 9
     port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -70,7 +71,7 @@ class Ngircd:
             f"[Global]\nName = irc.test\nInfo = fedmsg-notify tests\nListen = 127.0.0.1\n"
             f"Ports = {self.port}\nPidFile = {self.workdir}/ngircd.pid\nMotdPhrase = test\n{password}"
             f"ServerUID = 65534\n"
-            f"[Limits]\nMaxJoins = 50\nMaxNickLength = 30\nMaxPenaltyTime = {penalty}\n"
+            f"[Limits]\nMaxJoins = 50\nMaxNickLength = {self.max_nick_length}\nMaxPenaltyTime = {penalty}\n"
             f"MaxConnectionsIP = 50\nPingTimeout = 120\nPongTimeout = 60\n"
             f"[Options]\nDNS = no\nIdent = no\nPAM = no\n{tls}"
         )

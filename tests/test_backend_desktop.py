@@ -339,7 +339,7 @@ def test_module_imports_without_notify2_and_start_names_the_extra(tmp_path: Path
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONWARNINGS": "error"})
     assert result.returncode == 0, result.stderr
-    assert "pip install fedmsg-notify[desktop]" in result.stdout
+    assert "pip install '.[desktop]'" in result.stdout
     assert issubclass(BackendUnavailable, Exception)
 
 

@@ -816,7 +816,7 @@ except BackendUnavailable as exc:
     print(exc)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    assert "pip install fedmsg-notify[email]" in out.stdout
+    assert "pip install '.[email]'" in out.stdout
     assert (tmp_path / "box" / "new").is_dir()
 
 

@@ -206,9 +206,15 @@ def test_cli_publish_rejects_bad_json() -> None:
 
 
 def test_cli_usage_error_exits_2() -> None:
-    """A usage error (missing --topic) exits with 2, as SPEC's exit codes say."""
+    """A usage error (a --wait that is not a number) exits with 2, as SPEC's exit codes say.
+
+    (--topic is optional since publish also takes full envelopes; a bare body without it exits 1.)
+    """
     result = subprocess.run(
-        [sys.executable, "-m", "fedmsg_notify", "publish", "--msg", "{}"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "fedmsg_notify", "publish", "--wait", "soon", "--msg", "{}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
 

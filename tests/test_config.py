@@ -83,11 +83,11 @@ def test_empty_config_uses_defaults(tmp_path: Path) -> None:
         ),
         (
             "accounts:\n  out:\n    backend: console\n    colour: red\n",
-            ["config.yaml:4:5: unknown key 'colour' in accounts.out (expected one of: backend, burst, rate)"],
+            ["config.yaml:4:5: unknown key 'colour' in accounts.out (expected one of: backend, burst, label, rate)"],
         ),
         ("accounts:\n  out: {rate: 1}\n", ["config.yaml:2:8: account 'out' needs 'backend: <one of "]),
         ("state: 5\n", ["config.yaml:1:8: state: expected a valid string, got 5"]),
-        ("bus: {endpoints: [tcp://a:1]\n", ["config.yaml:2:1: invalid YAML: expected ',' or '}', but got '<stream end>'"]),
+        ("bus: {endpoints: [tcp://a:1]\n", ["config.yaml:1:6: invalid YAML: the { here is never closed (the file ends before its })"]),
         ("bus: {}\nbus: {}\n", ["config.yaml:2:1: duplicate key 'bus'"]),
         ("bus:\n  max_message_bytes: 10\n", ["config.yaml:2:22: bus.max_message_bytes: expected greater than or equal"]),
     ],

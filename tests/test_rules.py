@@ -196,7 +196,7 @@ def test_yaml_syntax_errors_have_positions(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", "rules:\n  - name: [unclosed\n")
     write(tmp_path, "b.yaml", "rules: {}\n")
     found = problems(tmp_path)
-    assert found[0].startswith("a.yaml:3:1: invalid YAML")
+    assert found[0].startswith("a.yaml:2:11: invalid YAML: the [ here is never closed")
     assert found[1] == "b.yaml:1:8: rules: expected a list of rules (name, match, deliver)"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
-from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure
+from fedmsg_notify.backend import AccountOptions, Backend, Item, PermanentFailure, missing_modules
 from fedmsg_notify.backends.email.compose import Sender, compose, parse_address
 from fedmsg_notify.backends.email.transport import MaildirTransport, SmtpTransport, Transport
 from pydantic import Field, field_validator, model_validator
@@ -171,6 +171,20 @@ class EmailBackend(Backend):
             label=f"{self.account_name} ({target})",
         )
 
+    @classmethod
+    def recipient_problem(cls, to: str) -> str | None:
+        try:
+            parse_address(to, what="to")
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        if isinstance(account, EmailAccount) and account.target.scheme == "maildir":
+            return []
+        return missing_modules("aiosmtplib")
+
     async def start(self) -> None:
         await self.transport.start()
 
@@ -180,7 +194,8 @@ class EmailBackend(Backend):
         recipient = parse_address(item.destination.to, what="to", error=PermanentFailure)
         mail = compose(item, self.sender, recipient)
         await self.transport.deliver(mail, self.sender.address.addr_spec, recipient.addr_spec)
-        log.info("mailed %s (%s) to %s via %s", item.msg_id, item.topic, recipient.addr_spec, self.account_name)
+        what = item.topic or "a digest"  # a digest has no single topic
+        log.info("mailed %s (%s) to %s via %s", item.msg_id, what, recipient.addr_spec, self.account_name)
 
     async def close(self) -> None:
         await self.transport.close()

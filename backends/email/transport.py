@@ -20,7 +20,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
-from fedmsg_notify.backend import BackendUnavailable, PermanentFailure, TemporaryFailure
+from fedmsg_notify.backend import BackendUnavailable, PermanentFailure, TemporaryFailure, install_hint
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def _require_aiosmtplib() -> None:
         import aiosmtplib  # noqa: F401
     except ImportError:
         raise BackendUnavailable(
-            "the email backend needs aiosmtplib for smtp:// accounts: pip install fedmsg-notify[email]"
+            f"the email backend needs aiosmtplib for smtp:// accounts: {install_hint('email')}"
         ) from None
 
 

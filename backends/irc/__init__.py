@@ -10,17 +10,26 @@ so they never show in logs, errors or ``check`` output.
 from __future__ import annotations
 
 import re
+import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from fedmsg_notify.backend import AccountOptions, Backend, BackendUnavailable, Item, PermanentFailure
+from fedmsg_notify.backend import (
+    AccountOptions,
+    Backend,
+    BackendUnavailable,
+    Item,
+    PermanentFailure,
+    install_hint,
+    missing_modules,
+)
 from fedmsg_notify.config.validation import StrictModel
-from fedmsg_notify.render.sanitize import strip_irc_formatting
+from fedmsg_notify.render.sanitize import irc_color, strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from ..summary import backlog_line
-from .lines import age_suffix, fit, wire_safe
+from .lines import age_suffix, describe_age, fit, wire_safe
 from .session import Server, Session, SessionSettings, fold, is_channel
 
 # RFC 2812 §2.3.1 nick grammar (letters, digits, the "special" characters, "-").
@@ -84,7 +93,7 @@ class IRCAccount(AccountOptions):
     ca_file: Path | None = Field(default=None, description="CA bundle for ircs:// (e.g. a test or private CA)")
     notice: bool = Field(default=False, description="send NOTICE instead of PRIVMSG (bots, per RFC 2812 §3.3.2)")
     max_lines: int = Field(default=3, ge=1, le=10, description="continuation lines per message when split is on")
-    old_after: float = Field(default=120.0, ge=0, description="seconds after which a line says how old it is")
+    old_after: float = Field(default=60.0, ge=0, description="seconds after which a line says how old it is")
     regain_interval: float = Field(default=60.0, gt=0)
     reconnect_min: float = Field(default=2.0, gt=0)
     reconnect_max: float = Field(default=300.0, gt=0)
@@ -202,7 +211,7 @@ class IRCBackend(Backend):
         try:
             import irc.client_aio  # noqa: F401
         except ImportError as exc:
-            raise BackendUnavailable("the irc backend needs the irc library: pip install fedmsg-notify[irc]") from exc
+            raise BackendUnavailable(f"the irc backend needs the irc library: {install_hint('irc')}") from exc
         await self.session.start()
 
     async def close(self) -> None:
@@ -230,7 +239,7 @@ class IRCBackend(Backend):
     def format(self, item: Item, target: str, command: str, *, split: bool) -> list[str]:
         """The protocol-safe lines for ``item``: age added, colours dropped where the
         channel forbids them, cut to what the server can relay."""
-        text = wire_safe(item.rendered.get("line", ""))
+        text = environment_tag(item.topic) + wire_safe(item.rendered.get("line", ""))
         text += age_suffix(item.timestamp, threshold=self.irc_account.old_after)
         if not self.session.colours_allowed(target):
             text = strip_irc_formatting(text)
@@ -238,6 +247,18 @@ class IRCBackend(Backend):
             raise PermanentFailure(f"message {item.msg_id} rendered to an empty IRC line")
         budget = self.session.budget(command.upper(), target)
         return fit(text, budget, split=split, max_lines=self.irc_account.max_lines)
+
+    @classmethod
+    def recipient_problem(cls, to: str) -> str | None:
+        if is_channel(to):
+            return None if CHANNEL_RE.match(to) else f"'{to}' is not a valid IRC channel name"
+        if NICK_RE.match(to):
+            return None  # a private message to that nick
+        return f"'{to}' is neither an IRC channel (starting with # or &) nor a nick"
+
+    @classmethod
+    def missing_libraries(cls, account: AccountOptions) -> list[str]:
+        return missing_modules("irc")
 
     def _target(self, item: Item) -> str:
         target = item.destination.to or ""
@@ -260,4 +281,41 @@ class IRCBackend(Backend):
         per service with what most of them were ("backlog: 69 messages coalesced,
         4 min behind - buildsys: 57 more (build.state.change), bodhi: 12 more
         (update.comment)"). The engine calls this when the backlog outgrows the pace."""
-        return {"line": backlog_line(items)}
+        per_service = Counter[str]()
+        kinds: dict[str, Counter[str]] = {}
+        for item in items:
+            per_service[item.service] += item.count
+            kinds.setdefault(item.service, Counter())[_kind(item)] += item.count
+        parts = []
+        for service, count in per_service.most_common():
+            kind = kinds[service].most_common(1)[0][0]
+            parts.append(f"{service}: {count} more ({kind})" if kind else f"{service}: {count} more")
+        oldest = min((item.timestamp for item in items if item.timestamp > 0), default=0.0)
+        lag = max(0.0, time.time() - oldest) if oldest else 0.0
+        # A lag of a few seconds is how a flood looks, not news; say it from a minute on.
+        behind = f", {describe_age(lag)} behind" if lag >= SUMMARY_LAG else ""
+        total = sum(per_service.values())
+        # Count and lag first: if the line is truncated, the service list loses its tail.
+        head = irc_color("backlog:", "backlog")
+        return {"line": f"{head} {total} messages coalesced{behind} - {', '.join(parts)}"}
+
+
+SUMMARY_LAG = 60.0
+# The environments real buses carry besides prod; "test"/"local" are for test buses.
+MARKED_ENVS = frozenset({"stg", "dev"})
+
+
+def environment_tag(topic: str) -> str:
+    """Bold "[stg] " for a staging or dev message (``org.fedoraproject.stg.…``); "" for production."""
+    # The environment is the first topic part naming one (as the bus's split_topic finds it).
+    env = next((part for part in topic.split(".") if part in ("prod", "stg", "dev", "test", "local")), "")
+    return f"\x02[{env}]\x02 " if env in MARKED_ENVS else ""
+
+
+def _kind(item: Item) -> str:
+    """What most of a service's backlog was, from the topic: "build.state.change"."""
+    topic: Any = item.topic
+    service = f".{item.service}."
+    if isinstance(topic, str) and service in topic:
+        return topic.split(service, 1)[1]
+    return ""

@@ -31,7 +31,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from fedmsg_notify.backend import PermanentFailure, TemporaryFailure
 from fedmsg_notify.pacing import TokenBucket
 
+from .nicks import NickChooser
 from .protocol import connection_classes
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class Session:
         self._lost = asyncio.Event()
         self._welcome: asyncio.Future[None] | None = None
         self._next_attempt = 0.0
-        self._nicks: Iterator[str] = iter(())
+        self._nicks = NickChooser(settings.nick, settings.alt_nicks)
         self._wanted: dict[str, str] = {fold(ch): ch for ch in settings.channels}
         self._joined: set[str] = set()
         self._joins: dict[str, asyncio.Future[None]] = {}
@@ -230,8 +231,7 @@ class Session:
         self._lost.clear()
         loop = asyncio.get_running_loop()
         self._welcome = loop.create_future()
-        self._nicks = iter([*s.alt_nicks, *(s.nick + "_" * n for n in range(1, 4)),
-                            *(f"{s.nick[:7]}{n}" for n in range(10, 100))])
+        self._nicks = NickChooser(s.nick, s.alt_nicks)
         from irc.connection import AioFactory
 
         kwargs: dict[str, Any] = {}
@@ -315,6 +315,11 @@ class Session:
             await self._try_regain()
 
     async def _try_regain(self) -> None:
+        nicklen = getattr(getattr(self._conn, "features", None), "nicklen", None)
+        if isinstance(nicklen, int):
+            self._nicks.learn_limit(nicklen)
+        if not self._nicks.fits(self.settings.nick):
+            return  # longer than this server's NICKLEN: asking again is pointless
         if self._ready.is_set() and fold(self.nick) != fold(self.settings.nick):
             await self.bucket.take()
             self._write("nick", self.settings.nick)
@@ -495,7 +500,7 @@ class Session:
     def _on_nick_refused(self, event: Any) -> None:
         if self._ready.is_set():
             return  # a regain attempt failed; keep the alternative nick and try later
-        candidate = next(self._nicks, None)
+        candidate = self._nicks.refused(self.nick, erroneous=event.type == "erroneusnickname")
         if candidate is None:
             self._fail_registration("every nick is taken")
             return

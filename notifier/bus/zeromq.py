@@ -33,7 +33,24 @@ BATCH = 512
 KEEPALIVE = {zmq.TCP_KEEPALIVE: 1, zmq.TCP_KEEPALIVE_IDLE: 60, zmq.TCP_KEEPALIVE_INTVL: 15, zmq.TCP_KEEPALIVE_CNT: 4}
 
 
-def _tune(sock: zmq.Socket[Any], *, reconnect_max_ms: int = 5_000) -> None:
+# Reconnect backoff ceiling for remote endpoints, and for endpoints on this host. A local
+# publisher (``fedmsg-notify publish``, a test bus) comes and goes in moments and only waits
+# a few seconds for us; a 5 s backoff would make it miss us, and retrying a local port every
+# 200 ms costs nothing.
+RECONNECT_MAX_MS = 5_000
+LOCAL_RECONNECT_MAX_MS = 200
+
+
+def is_local(url: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// endpoints on a loopback address."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]").lower()
+    return host in ("localhost", "::1", "*") or host.startswith("127.")
+
+
+def _tune(sock: zmq.Socket[Any], *, reconnect_max_ms: int = RECONNECT_MAX_MS) -> None:
     for option, value in KEEPALIVE.items():
         sock.setsockopt(option, value)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -75,6 +92,8 @@ class Subscriber:
             self._sock.setsockopt(zmq.SUBSCRIBE, prefix.encode("utf-8"))
         for url in self.endpoints:
             # connect() never fails for a down endpoint: ZeroMQ keeps retrying in the background.
+            # Options are taken per connection at connect(), so each endpoint gets its own backoff.
+            self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, LOCAL_RECONNECT_MAX_MS if is_local(url) else RECONNECT_MAX_MS)
             self._sock.connect(url)
         self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
 
@@ -118,9 +137,10 @@ class Publisher:
 
     ``bind`` makes us an endpoint subscribers connect to; otherwise we connect to a
     relay's inbound endpoint. Either way ZeroMQ's slow-joiner problem applies: a PUB
-    socket drops messages for subscribers that have not finished connecting, so we
-    use an XPUB socket when binding and wait until a subscription arrives (or
-    ``wait`` seconds pass) before the first send.
+    socket drops messages for subscribers that have not finished connecting. We use an
+    XPUB socket, which hears every subscription, wait until one arrives (or ``wait``
+    seconds pass) before the first send, and count what went out while no subscription
+    matched its topic (:attr:`unheard`): ZeroMQ drops those without a word.
     """
 
     def __init__(
@@ -138,10 +158,13 @@ class Publisher:
         self.wait = wait
         self.signer = signer
         self.counter = 0
+        self.sent = 0
+        # Messages sent while no subscription matched their topic.
+        self.unheard = 0
         self._ctx = context or zmq.Context.instance()
         self._bind = bind
-        self._sock = self._ctx.socket(zmq.XPUB if bind else zmq.PUB)
-        _tune(self._sock)
+        self._sock = self._ctx.socket(zmq.XPUB)
+        _tune(self._sock, reconnect_max_ms=LOCAL_RECONNECT_MAX_MS if is_local(endpoint) else RECONNECT_MAX_MS)
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.LINGER, 5_000)
         if bind:
@@ -149,19 +172,42 @@ class Publisher:
         else:
             self._sock.connect(endpoint)
         self._ready = False
+        # Subscribed prefixes and how many subscribe frames each has had: XPUB passes one
+        # frame per new prefix and the unsubscribe when the last holder leaves.
+        self._prefixes: Counter[bytes] = Counter()
 
     @property
     def last_endpoint(self) -> str:
         value = self._sock.getsockopt(zmq.LAST_ENDPOINT)
         return value.decode() if isinstance(value, bytes) else str(value)
 
+    @property
+    def subscribed(self) -> bool:
+        self._drain_subscriptions()
+        return bool(self._prefixes)
+
+    def _note(self, frame: bytes) -> None:
+        if not frame:
+            return
+        prefix = frame[1:]
+        if frame[0] == 1:
+            self._prefixes[prefix] += 1
+        elif frame[0] == 0 and self._prefixes[prefix] > 0:
+            self._prefixes[prefix] -= 1
+            if not self._prefixes[prefix]:
+                del self._prefixes[prefix]
+
+    def _drain_subscriptions(self) -> None:
+        while True:
+            try:
+                self._note(self._sock.recv(flags=zmq.NOBLOCK))
+            except zmq.Again:
+                return
+
     def wait_for_subscribers(self) -> None:
         if self._ready:
             return
         self._ready = True
-        if not self._bind:
-            time.sleep(self.wait)
-            return
         deadline = time.monotonic() + self.wait
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
@@ -169,11 +215,15 @@ class Publisher:
         while (remaining := deadline - time.monotonic()) > 0:
             if not poller.poll(timeout=int(remaining * 1000) + 1):
                 break
-            self._sock.recv()  # a (un)subscription frame
+            self._note(self._sock.recv())  # a (un)subscription frame
             if not seen:
                 seen = True
                 # Other subscribers usually connect within moments of the first.
                 deadline = min(deadline, time.monotonic() + 0.3)
+
+    def _heard(self, topic: bytes) -> bool:
+        self._drain_subscriptions()
+        return any(topic.startswith(prefix) for prefix in self._prefixes)
 
     def envelope(self, topic: str, msg: Any) -> dict[str, Any]:
         self.counter += 1
@@ -181,8 +231,7 @@ class Publisher:
         return self.signer(envelope) if self.signer else envelope
 
     def send_envelope(self, envelope: dict[str, Any]) -> None:
-        self.wait_for_subscribers()
-        self._sock.send_multipart([envelope["topic"].encode("utf-8"), canonical_json(envelope).encode("utf-8")])
+        self.send_raw([envelope["topic"].encode("utf-8"), canonical_json(envelope).encode("utf-8")])
 
     def publish(self, topic: str, msg: Any) -> dict[str, Any]:
         envelope = self.envelope(topic, msg)
@@ -192,8 +241,10 @@ class Publisher:
     def send_raw(self, frames: list[bytes]) -> None:
         """Send arbitrary frames (tests and fuzzing use this to play a hostile peer)."""
         self.wait_for_subscribers()
+        if not self._heard(frames[0] if frames else b""):
+            self.unheard += 1
         self._sock.send_multipart(frames)
+        self.sent += 1
 
     def close(self, linger_ms: int = 5_000) -> None:
         self._sock.close(linger=linger_ms)
-

@@ -50,6 +50,9 @@ def check_config(config: Config) -> tuple[list[Problem], str]:
     # MetaEngine reads its files when constructed and raises every problem at once;
     # _optional_check turns that into the same list check() would return.
     problems.extend(_optional_check("fedmsg_notify.meta.engine", "MetaEngine", config.service_paths))
+    from fedmsg_notify.commands.check_routes import route_problems
+
+    problems.extend(route_problems(config))
     accounts = len(config.accounts)
     summary += f", {accounts} account{'s' if accounts != 1 else ''}; templates and service files valid"
     return _unique(problems), summary
@@ -75,6 +78,11 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} in the configuration")
         return 1
     problems, summary = check_config(config)
+    from fedmsg_notify.commands.check_routes import library_warnings
+
+    # Warnings (a missing optional library) are printed but do not fail the check.
+    for warning in _unique(library_warnings(config)):
+        print(warning)
     if problems:
         for problem in problems:
             print(problem)

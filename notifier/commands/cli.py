@@ -10,8 +10,10 @@ import asyncio
 import fnmatch
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fedmsg_notify import __version__
 from fedmsg_notify.config.model import load_cli_config
@@ -43,14 +45,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
         payloads = [args.msg]
     else:
         payloads = [line for line in sys.stdin if line.strip()]
-    msgs = []
+    msgs: list[tuple[str, Any]] = []
     for number, text in enumerate(payloads, 1):
+        where = "--msg" if args.msg not in (None, "-") else f"<stdin>:{number}"
         try:
-            msgs.append(json.loads(text))
+            data = json.loads(text)
         except ValueError as exc:
-            where = "--msg" if args.msg not in (None, "-") else f"<stdin>:{number}"
             print(f"{where}: invalid JSON: {exc}", file=sys.stderr)
             return 1
+        if args.topic:
+            msgs.append((args.topic, data))
+            continue
+        # No --topic: each input is a full envelope, or a sample/archive line carrying one
+        # under "message" (the format of the bundled samples).
+        if isinstance(data, dict) and "topic" not in data and isinstance(data.get("message"), dict):
+            data = data["message"]
+        if not (isinstance(data, dict) and isinstance(data.get("topic"), str) and data["topic"] and "msg" in data):
+            print(
+                f"{where}: without --topic each input must be a full envelope with 'topic' and 'msg' "
+                "(or a sample line with it under 'message'); give --topic to publish message bodies",
+                file=sys.stderr,
+            )
+            return 1
+        msgs.append((data["topic"], data["msg"]))
     if args.amqp:
         from fedmsg_notify.commands.amqp_cmds import publish_amqp
 
@@ -67,14 +84,28 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except SignatureConfigError as exc:
             print(f"publish: {exc}", file=sys.stderr)
             return 1
-    publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=args.wait, signer=signer)
+    wait = 0.0 if args.no_wait else args.wait
+    publisher = Publisher(args.endpoint, bind=not args.connect, username=args.username, wait=wait, signer=signer)
+    printing = args.verbose or args.print_ids
     try:
-        for msg in msgs:
-            envelope = publisher.publish(args.topic, msg)
-            if args.verbose:
-                print(envelope["msg_id"])
+        for topic, msg in msgs:
+            envelope = publisher.publish(topic, msg)
+            if printing:
+                try:
+                    print(envelope["msg_id"], flush=True)
+                except BrokenPipeError:
+                    # `publish -v | head`: the reader left; the messages still go out.
+                    _silence_stdout()
+                    printing = False
     finally:
         publisher.close()
+    if publisher.unheard:
+        print(
+            f"publish: {publisher.unheard} of {publisher.sent} messages went out with no subscriber listening "
+            f"on {args.endpoint} (waited {wait:g} s); they are lost. Is the daemon running and subscribed to it?",
+            file=sys.stderr,
+        )
+        return 0 if args.no_wait else 1
     return 0
 
 
@@ -184,7 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="dry run: which rules match a message and what each destination gets")
     config_opt(p)
-    p.add_argument("message", metavar="MESSAGE.json|-", help="a message file, or - for JSON lines on stdin")
+    p.add_argument(
+        "message",
+        metavar="MESSAGE.json|-",
+        help="a file of envelopes ({topic, msg, timestamp, ...}) or sample lines ({message: envelope}, "
+        "as in the bundled samples), one JSON document or JSON lines; - reads stdin",
+    )
+    p.add_argument(
+        "--topic", metavar="TOPIC", help="the inputs are message bodies (as `publish --topic` takes) on this topic"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per message")
     p.set_defaults(func=cmd_explain)
 
@@ -201,15 +240,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint", default="tcp://127.0.0.1:9940", metavar="URL", help="endpoint to bind (default %(default)s)"
     )
     p.add_argument("--connect", action="store_true", help="connect to a relay's inbound endpoint instead of binding")
-    p.add_argument("--topic", required=True, help="full topic, e.g. org.fedoraproject.dev.logger.log")
-    p.add_argument("--msg", metavar="JSON", help="the message body; omit or '-' to read JSON lines from stdin")
+    p.add_argument(
+        "--topic",
+        help="full topic, e.g. org.fedoraproject.dev.logger.log; the inputs are then message bodies. "
+        "Without it each input is a full envelope ({topic, msg, ...}) or a sample line "
+        "({message: envelope}, as in the bundled samples, see `demo --samples`)",
+    )
+    p.add_argument("--msg", metavar="JSON", help="one message; omit or '-' to read JSON lines from stdin")
     p.add_argument("--username", default="fedmsg-notify", help="envelope username (default %(default)s)")
+    p.add_argument("-v", "--print-ids", action="store_true", help="print each sent message's msg_id on stdout")
     p.add_argument(
         "--wait",
         type=float,
-        default=1.0,
+        default=10.0,
         metavar="SECONDS",
-        help="how long to wait for subscribers before sending (default %(default)s)",
+        help="wait up to this long for a subscriber before sending; sending stops waiting as soon as "
+        "one is there (default %(default)s). Exit status 1 if messages went out with no subscriber",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="send at once, fire-and-forget: messages no one hears are lost, and the exit status stays 0",
     )
     p.add_argument("--cert", metavar="FILE", help="sign as fedmsg does (x509) with this PEM certificate...")
     p.add_argument("--key", metavar="FILE", help="...and this unencrypted PEM RSA private key")
@@ -227,8 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the daemon end to end on embedded defaults with a local publisher")
     p.add_argument("--count", type=int, default=0, metavar="N", help="messages to replay (default: every sample)")
     p.add_argument("--rate", type=float, default=20.0, metavar="PER_SECOND", help="replay pace (default %(default)s)")
+    p.add_argument(
+        "--samples", action="store_true", help="print the path of the bundled sample messages (JSON lines) and exit"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit flush cannot raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,8 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     install_log_redaction()
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        # Flush here, not at interpreter exit, so a closed pipe is caught below.
+        sys.stdout.flush()
+        return code
     except ProblemsError as exc:
         return _print_problems(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `fedmsg-notify tail | head` and the like: the reader is gone, which is no error of ours.
+        _silence_stdout()
+        return 0

@@ -25,6 +25,11 @@ from fedmsg_notify.config.model import load_config
 log = logging.getLogger(__name__)
 
 
+def samples_path() -> str:
+    """The bundled samples: ``notifier/data/samples.jsonl`` in a checkout, ``fedmsg_notify/data/`` installed."""
+    return str(resources.files("fedmsg_notify.data").joinpath("samples.jsonl"))
+
+
 def sample_messages() -> list[dict[str, Any]]:
     """The bundled samples' envelopes (``topic`` and ``msg``), in file order."""
     text = resources.files("fedmsg_notify.data").joinpath("samples.jsonl").read_text(encoding="utf-8")
@@ -41,7 +46,7 @@ def free_port() -> int:
 def demo_config_text(endpoint: str, state: Path) -> str:
     # The accounts the shipped rules name: firehose and desktop print on the console, mail
     # goes to a Maildir beside the demo's state (no SMTP server needed).
-    accounts = "".join(f"  {name}: {{backend: console}}\n" for name in ("firehose", "desktop"))
+    accounts = "".join(f"  {name}: {{backend: console, label: true}}\n" for name in ("firehose", "desktop"))
     maildir = state.parent / "Maildir"
     accounts += f'  mail: {{backend: email, smtp: "maildir:{maildir}", from: "demo <demo@localhost>"}}\n'
     return f"bus:\n  endpoints: [{endpoint}]\naccounts:\n{accounts}state: {state}\n"
@@ -50,6 +55,9 @@ def demo_config_text(endpoint: str, state: Path) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from fedmsg_notify.daemon import Daemon
 
+    if getattr(args, "samples", False):
+        print(samples_path())
+        return 0
     samples = sample_messages()
     if args.count:
         samples = (samples * (args.count // len(samples) + 1))[: args.count]
@@ -86,4 +94,34 @@ def run_demo(args: argparse.Namespace) -> int:
             daemon.stop()
         finally:
             loop.close()
+        print(summary(len(samples), config.state_path, time.time()))
     return 0
+
+
+def summary(replayed: int, state: Path, now: float) -> str:
+    """What the demo did, including what it collected but did not send (digests wait for their time)."""
+    from fedmsg_notify.backends.console import ConsoleBackend
+    from fedmsg_notify.store.sqlite import Outbox
+
+    printed = ConsoleBackend.printed
+    per_account = ", ".join(f"{n} to {name}" for name, n in sorted(printed.items()))
+    text = f"demo: {replayed} messages replayed, {sum(printed.values())} lines printed"
+    text += f" ({per_account})" if per_account else ""
+    try:
+        store = Outbox(state, readonly=True)
+    except Exception:  # no state written at all: nothing waits
+        return text + "; no digest entries waiting"
+    try:
+        rows = [row for row in store.status(now) if row.digest_pending]
+    finally:
+        store.close()
+    if not rows:
+        return text + "; no digest entries waiting"
+    waiting = []
+    for row in rows:
+        when = "" if row.next_digest is None else f", due in {max(0, round((row.next_digest - now) / 60))} min"
+        waiting.append(f"{row.digest_pending} for {row.destination}{when}")
+    return (
+        text + f"; digest entries waiting: {'; '.join(waiting)} — the demo stops before they are due and its "
+        "state is temporary, so they are discarded (a real daemon mails them then)"
+    )

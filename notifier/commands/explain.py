@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedmsg_notify.backend import Backend, DeliveryError, Item
-from fedmsg_notify.bus.envelope import MalformedMessage, Message, canonical_json, decode_text
+from fedmsg_notify.bus.envelope import MalformedMessage, Message, build_envelope, canonical_json, decode_text
 from fedmsg_notify.config.model import Account, Config, load_cli_config
 from fedmsg_notify.matching.rules import Route, RuleSet, Verdict
 from fedmsg_notify.meta.engine import Meta
@@ -219,10 +219,15 @@ def run_explain(args: argparse.Namespace, stdin: TextIO | None = None, stdout: T
             print(f"{where}: {data}", file=sys.stderr)
             status = 1
             continue
+        topic = getattr(args, "topic", None)
+        if topic:
+            # --topic: each input is a message body (what `publish --topic` takes).
+            data = build_envelope(topic, data, i=1, username="explain")
         try:
             message = to_message(data)
         except MalformedMessage as exc:
-            print(f"{where}: not a fedmsg message ({exc}); the daemon would drop it", file=sys.stderr)
+            hint = "" if topic else "; for a bare message body, give its --topic"
+            print(f"{where}: not a fedmsg message ({exc}){hint}; the daemon would drop it", file=sys.stderr)
             status = 1
             continue
         result = explainer.explain(message)

@@ -86,9 +86,8 @@ def load_located(path: str | Path, text: str | None = None) -> LocatedDocument:
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        pos = Position(file, mark.line + 1, mark.column + 1) if mark else Position(file, 1, 1)
-        raise ProblemsError([Problem(pos, f"invalid YAML: {exc.problem or exc}")]) from exc
+        (line, column), message = describe_yaml_error(text, exc)
+        raise ProblemsError([Problem(Position(file, line, column), message)]) from exc
     except yaml.YAMLError as exc:
         raise ProblemsError([Problem(Position(file, 1, 1), f"invalid YAML: {exc}")]) from exc
     finally:
@@ -132,3 +131,70 @@ def _build(
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, file, item, (*path, index), doc, problems) for index, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
+
+
+# -- YAML syntax errors, said in words and placed where the mistake began ------------------
+# PyYAML reports where it gave up: an unterminated quote at the end of the file, a
+# mis-indented key as "expected <block end>, but found '<block mapping start>'". Users need
+# the line where the quote or block began and what to do about it.
+
+Where = tuple[int, int]  # 1-based line and column
+
+
+def _pos(mark: yaml.Mark) -> Where:
+    return (mark.line + 1, mark.column + 1)
+
+
+def _char_at(text: str, mark: yaml.Mark) -> str:
+    lines = text.splitlines()
+    if mark.line < len(lines) and mark.column < len(lines[mark.line]):
+        return lines[mark.line][mark.column]
+    return ""
+
+
+def describe_yaml_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[Where, str]:
+    """``((line, column), message)`` for a YAML syntax error: where it began, in plain words."""
+    context, problem = exc.context or "", exc.problem or str(exc)
+    start, stop = exc.context_mark, exc.problem_mark
+    if stop is None:
+        return (1, 1), f"invalid YAML: {problem}"
+    at = f"line {stop.line + 1}, column {stop.column + 1}"
+    if start is not None and "quoted scalar" in context:
+        quote = _char_at(text, start) or "quote"
+        ending = "the end of the file" if "end of stream" in problem else at
+        return (
+            _pos(start),
+            f"invalid YAML: unterminated string: the {quote} here is never closed "
+            f"(YAML read on to {ending} looking for the closing {quote})",
+        )
+    if start is not None and "expected <block end>" in problem:
+        if start.column == stop.column:
+            began, found = ("list", "a mapping key") if "collection" in context else ("mapping", "something else")
+            return (
+                _pos(stop),
+                f"invalid YAML: bad indentation: {found} in the same column as the {began} begun at line "
+                f"{start.line + 1}; one block holds either list items ('- ...') or keys ('key: ...'), not both",
+            )
+        return (
+            _pos(stop),
+            f"invalid YAML: bad indentation: this line starts in column {stop.column + 1}, but the block it "
+            f"belongs to, begun at line {start.line + 1}, has its entries in column {start.column + 1}; "
+            "line them up (or nest it under a key that ends with ':')",
+        )
+    if start is not None and "flow" in context:
+        bracket = _char_at(text, start) or "bracket"
+        closing = {"[": "]", "{": "}"}.get(bracket, "the closing bracket")
+        if "<stream end>" in problem:
+            return (
+                _pos(start),
+                f"invalid YAML: the {bracket} here is never closed (the file ends before its {closing})",
+            )
+        return (
+            _pos(start),
+            f"invalid YAML: the {bracket} here is not closed: at {at} YAML found {problem.rsplit(' ', 1)[-1]} "
+            f"where it expected ',' or {closing}",
+        )
+    if "'\\t'" in problem:
+        return (_pos(stop), "invalid YAML: a tab character: YAML indents with spaces only")
+    where = f" ({context} begun at line {start.line + 1}, column {start.column + 1})" if start and context else ""
+    return (_pos(stop), f"invalid YAML: {problem}{where}")
