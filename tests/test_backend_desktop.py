@@ -551,7 +551,9 @@ async def test_logged_out_deliveries_wait_in_status_and_show_once_after_login(
                 bus.start()
             with NotificationServer(bus) as server:
                 await until(lambda: len(server.notifies()) >= 1)
-                await asyncio.sleep(1.0)  # further retries would show up here
+                # Recorded as sent with nothing queued or retrying: no further popup can come.
+                await until(lambda: [(r.sent, r.queued, r.in_retry) for r in store.status(0)
+                                     if r.account == "desktop"] == [(1, 0, 0)])
                 calls = server.notifies()
     finally:
         bus.stop()

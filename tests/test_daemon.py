@@ -158,12 +158,16 @@ async def test_reload_refuses_a_broken_rule_set_and_applies_a_good_one(start: Ca
     assert await run.daemon.reload() is False
     assert run.daemon.pipeline is before
     (run.tmp / "rules" / "b.yaml").unlink()
+    marker = "org.fedoraproject.prod.marker.done"
     (run.tmp / "rules" / "a.yaml").write_text(
         "rules:\n  - {name: none, match: {topic: nothing}, deliver: [{via: irc}]}\n"
+        f"  - {{name: marker, match: {{topic: {marker}}}, deliver: [{{via: irc}}]}}\n"
     )
     assert await run.daemon.reload() is True
     assert run.daemon.pipeline is not before
     assert run.backend("irc") is backend and backend.started == 1
     await run.publish(2)
-    await asyncio.sleep(0.5)
-    assert backend.items == []
+    [sent_after] = await run.publish(1, topic=marker)
+    # The marker was published after the two bodhi messages: once it is here, they were matched (or not).
+    await until(lambda: len(backend.items) >= 1, 15, "the marker")
+    assert [item.msg_id for item in backend.items] == [sent_after["msg_id"]]

@@ -32,11 +32,12 @@ def _when(timestamp: float | None, now: float) -> str:
 
 
 def _span(seconds: float) -> str:
-    seconds = round(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+    """The span in its largest unit, rounded; one that rounds up to the next unit shows in it ("1h", not "60m")."""
+    for unit, size, limit in (("s", 1, 60), ("m", 60, 60), ("h", 3600, 24)):
+        shown = round(seconds / size)
+        if shown < limit:
+            return f"{shown}{unit}"
+    return f"{round(seconds / 86400)}d"
 
 
 def _inert(text: str) -> str:
