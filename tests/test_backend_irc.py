@@ -231,9 +231,11 @@ async def test_split_option_sends_continuation_lines(make_bot: MakeBot, listener
     bot = await make_bot()
     words = [f"w{n:03d}" for n in range(180)]  # 900 bytes
     await bot.send(item(channel, " ".join(words), options={"split": True}))
-    lines = await listener.wait_for(2, channel)
-    await asyncio.sleep(0.3)
-    lines = listener.messages(channel)
+    await bot.send(item(channel, "marker"))  # sent after: once it is here, every continuation line is too
+    got = await listener.wait_for(1, channel)
+    while "marker" not in (texts := [m.text for m in got]):
+        got = await listener.wait_for(len(got) + 1, channel)
+    lines = got[: texts.index("marker")]
     assert len(lines) == 2
     assert lines[1].text.startswith("… ")
     assert " ".join(m.text.removeprefix("… ") for m in lines).split() == words

@@ -44,6 +44,8 @@ from fedmsg_notify.render.renderer import Renderer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.childio import read_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = [json.loads(line) for line in (ROOT / "notifier/data/samples.jsonl").read_text().splitlines() if line.strip()]
 FEDMSG_KEYS = next(ROOT.glob(".venv-fedmsg/lib/python*/site-packages/fedmsg/tests/test_certs/keys"), None)
@@ -611,7 +613,7 @@ def test_tail_never_writes_control_characters_to_the_terminal(endpoint: str) -> 
         publisher.publish("org.fedoraproject.prod.x.done", {})
         publisher.close()
         assert tail.stdout is not None
-        first, second = tail.stdout.readline(), tail.stdout.readline()
+        first, second = read_lines(tail.stdout, 2)
     finally:
         tail.kill()
         tail.communicate()
