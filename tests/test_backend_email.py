@@ -371,11 +371,17 @@ async def test_injection_from_message_content_stays_inert(server: Handler, port:
     assert not any(line.lower().startswith(b"bcc:") for line in header_block.split(b"\r\n"))
 
 
-def test_the_email_policy_itself_refuses_a_header_with_a_line_break() -> None:
-    """Second line of defence: even unfolded content could not split a header."""
-    mail = EmailMessage(policy=SMTP)
+def test_compose_refuses_a_header_line_break_even_past_the_sanitiser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second line of defence: with header_safe() made a no-op, compose()'s SMTP policy still refuses the break."""
+    compose_module = sys.modules[compose.__module__]
+    monkeypatch.setattr(compose_module, "header_safe", lambda value, limit=0: str(value))
+    item = make_item(rendered={"subject": "hello\r\nBcc: evil@x.example", "text": "t"})
+    sender, recipient = Sender.from_header("n <notify@example.org>"), parse_address(TO, what="to")
     with pytest.raises(ValueError, match="linefeed or carriage return"):
-        mail["Subject"] = "hello\r\nBcc: evil@x.example"
+        compose(item, sender, recipient)
+    # And with the sanitiser in place the same item composes, the break gone.
+    monkeypatch.undo()
+    assert "\n" not in str(compose(item, sender, recipient)["Subject"])
 
 
 _HEADERS = {
