@@ -9,10 +9,11 @@ most one (the send in flight at the kill) arrived twice.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -94,5 +95,72 @@ def test_kill_9_mid_flood_against_a_real_smtp_server(
         got = ids()
     wanted = {expected_id(e["msg_id"]) for e in [*flood, marker]}
     assert set(got) == wanted, f"{len(wanted - set(got))} messages never reached the server"
+    repeats = {k: n for k, n in got.items() if n > 1}
+    assert len(repeats) <= 1 and all(n == 2 for n in repeats.values()), repeats
+
+
+class ChannelReader:
+    """A plain IRC client in a thread: joins ``channel`` on ngircd and keeps every PRIVMSG text."""
+
+    def __init__(self, port: int, channel: str) -> None:
+        self.texts: list[str] = []
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.channel = channel
+        self.joined = threading.Event()
+        self.sock.sendall(b"NICK reader\r\nUSER reader 0 * :reader\r\n")
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        assert self.joined.wait(30), "the reader could not join"
+
+    def _read(self) -> None:
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while chunk := self.sock.recv(65536):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\r\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace")
+                    if line.startswith("PING"):
+                        self.sock.sendall(b"PONG" + raw[4:] + b"\r\n")
+                    elif " 001 " in line:
+                        self.sock.sendall(f"JOIN {self.channel}\r\n".encode())
+                    elif " JOIN " in line and line.startswith(":reader!"):
+                        self.joined.set()
+                    elif f" PRIVMSG {self.channel} :" in line:
+                        self.texts.append(line.split(f" PRIVMSG {self.channel} :", 1)[1])
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(10)
+
+
+def test_kill_9_mid_flood_against_ngircd(
+    tmp_path: Path, endpoint: str, notify: NotifySocket, daemons: list[DaemonProcess]  # noqa: F811
+) -> None:
+    """Every message reaches the channel on ngircd; at most one line arrives twice."""
+    server = Ngircd(tmp_path / "ngircd", throttle=False)
+    server.start()
+    reader = None
+    try:
+        reader = ChannelReader(server.port, "#crash")
+        config = write_config(tmp_path, endpoint, "#crash",
+                              f"backend: irc, server: 'irc://127.0.0.1:{server.port}', nick: fnbot, "
+                              "reconnect_min: 0.2, reconnect_max: 1.0")
+        wiki = "org.fedoraproject.prod.wiki.article.edit"
+        flood = [next(envelopes(1, wiki, {"user": "tester", "title": f"page-{n}"})) for n in range(300)]
+        [marker] = envelopes(1, wiki, {"user": "tester", "title": "page-marker"})
+        texts = reader.texts
+
+        def pages() -> Counter[str]:
+            return Counter(m.group(1) for text in list(texts) for m in [re.search(r"page-(\w+)", text)] if m)
+
+        flood_kill_restart(tmp_path, config, notify, daemons, endpoint, flood, marker,
+                           lambda: sum(pages().values()), lambda: "marker" in pages())
+        got = pages()
+    finally:
+        if reader is not None:
+            reader.close()
+        server.stop()
+    assert set(got) == {str(n) for n in range(300)} | {"marker"}, f"{301 - len(got)} messages never arrived"
     repeats = {k: n for k, n in got.items() if n > 1}
     assert len(repeats) <= 1 and all(n == 2 for n in repeats.values()), repeats
