@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fedmsg_notify.backend import BackendUnavailable, Destination, Item, PermanentFailure, TemporaryFailure
+from fedmsg_notify.backend import Destination, Item, PermanentFailure, TemporaryFailure
 from fedmsg_notify.backends import backend_class
 from fedmsg_notify.backends.desktop import (
     DesktopAccount,
