@@ -325,12 +325,16 @@ def test_system_unit_has_readiness_restart_reload_and_sandboxing(tmp_path: Path)
     assert "WatchdogSec" in unit
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        return
+        # scripts/setup.d/base.sh installs systemd; in CI a missing tool is a failure.
+        assert not os.environ.get("CI"), "systemd-analyze is missing: install systemd"
+        pytest.skip("systemd-analyze is not installed (the unit file was checked by parsing only)")
+    result = subprocess.run([analyze, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
     # Verify a copy whose commands point at this checkout's executable.
     executable = shutil.which("fedmsg-notify") or str(Path(sys.executable).parent / "fedmsg-notify")
     copy = tmp_path / "fedmsg-notify.service"
     copy.write_text((ROOT / "fedmsg-notify.service").read_text().replace("/usr/bin/fedmsg-notify", executable))
-    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True)
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=120)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "fedmsg-notify.service" in line]
     assert problems == [], problems
 
