@@ -13,6 +13,7 @@ from fedmsg_notify.bus.zeromq import Publisher
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.delivery.coalesce import Coalescer
+from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import RecordingBackend, envelopes
 
 BODHI = "org.fedoraproject.prod.bodhi.update.comment"
@@ -171,3 +172,32 @@ async def test_reload_refuses_a_broken_rule_set_and_applies_a_good_one(start: Ca
     # The marker was published after the two bodhi messages: once it is here, they were matched (or not).
     await until(lambda: len(backend.items) >= 1, 15, "the marker")
     assert [item.msg_id for item in backend.items] == [sent_after["msg_id"]]
+
+
+async def test_sigterm_lets_the_send_in_flight_finish(tmp_path: Path, endpoint: str) -> None:
+    """A stop during a slow send waits for it (within the shutdown timeout): it is recorded sent, not retried."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: slow}]}\n"
+    path = config_text(tmp_path, endpoint, {"slow": "delay: 1.5"}, rules)
+    daemon = Daemon(load_config(path), shutdown_timeout=10.0)
+    ready = asyncio.Event()
+    task = asyncio.create_task(daemon.run(ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    run = Running(daemon, endpoint, tmp_path, path)
+    try:
+        backend = run.backend("slow")
+        [published] = await run.publish(1)
+        await until(lambda: len(backend.attempts) == 1, 15, "the send to begin")
+        assert backend.items == []  # still in flight
+        daemon.stop()  # what SIGTERM does
+        await asyncio.wait_for(task, 20)
+    finally:
+        if run.publisher is not None:
+            run.publisher.close(linger_ms=0)
+    assert [item.msg_id for item in backend.items] == [published["msg_id"]]
+    assert len(backend.attempts) == 1  # finished, not cancelled and tried again
+    store = Outbox(tmp_path / "state.db")
+    try:
+        [row] = store.status(0)
+    finally:
+        store.close()
+    assert (row.sent, row.queued, row.in_retry) == (1, 0, 0)
