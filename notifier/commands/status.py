@@ -45,7 +45,14 @@ def _inert(text: str) -> str:
     return one_line(plain_text(text))
 
 
-def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, int], now: float) -> str:
+def render_text(
+    path: str,
+    rows: list[DestinationStatus],
+    counters: dict[str, int],
+    now: float,
+    waiting: dict[str, str] | None = None,
+) -> str:
+    """``waiting``: why a destination's deliveries wait without being retried (by destination)."""
     lines = [f"state: {path}"]
     if not rows:
         lines.append("no deliveries recorded yet")
@@ -56,6 +63,8 @@ def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, in
             f" digest pending {row.digest_pending}, sent {row.sent}"
         )
         lines.append(f"  last success: {_when(row.last_success, now)}")
+        if waiting and row.destination in waiting:
+            lines.append(f"  waiting: {waiting[row.destination]}")
         if row.in_retry:
             reason = _inert(row.last_retry_reason or "unknown reason")
             lines.append(f"  next retry: {_when(row.next_retry, now)}: {reason}")
@@ -75,8 +84,20 @@ def render_text(path: str, rows: list[DestinationStatus], counters: dict[str, in
     return "\n".join(lines)
 
 
-def as_json(path: str, rows: list[DestinationStatus], counters: dict[str, int]) -> dict[str, Any]:
-    return {"state": path, "destinations": [asdict(row) for row in rows], "counters": counters}
+def as_json(
+    path: str, rows: list[DestinationStatus], counters: dict[str, int], waiting: dict[str, str] | None = None
+) -> dict[str, Any]:
+    destinations = [{**asdict(row), "waiting": (waiting or {}).get(row.destination)} for row in rows]
+    return {"state": path, "destinations": destinations, "counters": counters}
+
+
+def removed_accounts(rows: list[DestinationStatus], accounts: Any, source: object) -> dict[str, str]:
+    """Destinations with work left whose account the configuration no longer has: kept, not sent."""
+    return {
+        row.destination: f"account '{row.account}' is not in {source}; its deliveries are kept until it is back"
+        for row in rows
+        if row.account not in accounts and (row.queued or row.in_retry or row.digest_pending)
+    }
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -98,8 +119,9 @@ def run_status(args: argparse.Namespace) -> int:
         return 1
     finally:
         store.close()
+    waiting = removed_accounts(rows, config.accounts, config.source)
     if getattr(args, "json", False):
-        print(json.dumps(as_json(path, rows, counters), indent=2, sort_keys=True))
+        print(json.dumps(as_json(path, rows, counters, waiting), indent=2, sort_keys=True))
     else:
-        print(render_text(path, rows, counters, now))
+        print(render_text(path, rows, counters, now, waiting))
     return 0
