@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.clock import FakeClock
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.delivery.coalesce import Coalescer
@@ -201,3 +203,32 @@ async def test_sigterm_lets_the_send_in_flight_finish(tmp_path: Path, endpoint: 
     finally:
         store.close()
     assert (row.sent, row.queued, row.in_retry) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(("backlog", "coalesced"), [(50, False), (200, True)])
+async def test_the_default_horizon_is_sixty_seconds_of_sending(
+    start: Callable[..., Any], backlog: int, coalesced: bool
+) -> None:
+    """At 1 send/s a backlog under 60 is sent one by one; a larger one is summarised down to about a minute's worth."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: slow}]}\n"
+    clock = FakeClock()
+    run: Running = await start({"slow": "rate: 1, burst: 1"}, rules, clock=clock)  # the default Coalescer()
+    slow = run.backend("slow")
+    slow.fail_next("hang")  # the first send hangs while the backlog builds up
+    await run.publish(1 + backlog)
+    store = run.daemon.store
+    await until(lambda: accepted(run.tmp) == 1 + backlog, 15, "the backlog accepted")
+    assert store is not None
+    slow.release()
+    await until(lambda: sum(i.count for i in slow.items) == 1 + backlog, 15, "every message accounted for")
+    summaries = [i for i in slow.items if i.count > 1]
+    if coalesced:
+        assert summaries, "a backlog over a minute's worth was sent one by one"
+        assert len(slow.items) <= 80, len(slow.items)  # ~60 sends (one minute at 1/s) plus the few sent meanwhile
+    else:
+        assert summaries == [] and len(slow.items) == 1 + backlog
+
+
+def accepted(tmp: Path) -> int:
+    with sqlite3.connect(f"{(tmp / 'state.db').as_uri()}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT COUNT(*) FROM accepted").fetchone()[0])
