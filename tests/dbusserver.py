@@ -26,6 +26,8 @@ from typing import Any
 import dbus
 import dbus.bus
 
+from tests.childio import read_lines
+
 BUS_NAME = "org.freedesktop.Notifications"
 OBJECT_PATH = "/org/freedesktop/Notifications"
 INTERFACE = "org.freedesktop.Notifications"
@@ -96,8 +98,10 @@ class SessionBus:
         )
         assert self.process.stdout is not None
         # The address is printed once the socket listens.
-        if not self.process.stdout.readline():
-            raise RuntimeError(f"dbus-daemon did not start at {self.address}")
+        try:
+            read_lines(self.process.stdout, 1, timeout=30)
+        except AssertionError as exc:
+            raise RuntimeError(f"dbus-daemon did not start at {self.address}: {exc}") from None
 
     def stop(self) -> None:
         if self.process is None:

@@ -8,6 +8,7 @@ defaults plus our endpoint is what the library does internally.
 """
 
 import json
+import os
 import sys
 
 import fedmsg.config
@@ -23,7 +24,8 @@ def context(endpoint, publish):
         validate_signatures=False,
         topic_prefix="org.fedoraproject",
         environment="dev",
-        post_init_sleep=1.0,
+        # How long the publisher waits after binding for subscribers to (re)connect.
+        post_init_sleep=float(os.environ.get("FEDMSG_PEER_SLEEP", "1.0")),
         mute=not publish,
     )
     return fedmsg.core.FedMsgContext(**config)

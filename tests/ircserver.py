@@ -5,9 +5,12 @@
   temporary directory writable by ``nobody`` (ngircd drops root to nobody).
 * :class:`Listener` is a second, independent client: it registers, joins channels
   (creating keyed channels), and records every PRIVMSG/NOTICE it receives.
-* :class:`ScriptedServer` is a minimal IRC server for what ngircd lacks: SASL
-  PLAIN and channel mode ``+c``. It speaks just enough of the protocol (CAP,
-  AUTHENTICATE, NICK/USER, JOIN, MODE, PING, PRIVMSG) and records every line.
+* :class:`ScriptedServer` is a minimal IRC server kept only for what a real server
+  cannot be made to do here: close the connection of a client whose SASL login failed
+  (inspircd lets it register unauthenticated), and record every raw client line so the
+  secrets test can see each credential travel. SASL, NickServ and ``+c`` themselves are
+  tested against inspircd and atheme (``tests/ircservices.py``). It speaks just enough of
+  the protocol (CAP, AUTHENTICATE, NICK/USER, JOIN, MODE, PING, PRIVMSG).
 """
 
 from __future__ import annotations

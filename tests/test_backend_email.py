@@ -371,11 +371,17 @@ async def test_injection_from_message_content_stays_inert(server: Handler, port:
     assert not any(line.lower().startswith(b"bcc:") for line in header_block.split(b"\r\n"))
 
 
-def test_the_email_policy_itself_refuses_a_header_with_a_line_break() -> None:
-    """Second line of defence: even unfolded content could not split a header."""
-    mail = EmailMessage(policy=SMTP)
+def test_compose_refuses_a_header_line_break_even_past_the_sanitiser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second line of defence: with header_safe() made a no-op, compose()'s SMTP policy still refuses the break."""
+    compose_module = sys.modules[compose.__module__]
+    monkeypatch.setattr(compose_module, "header_safe", lambda value, limit=0: str(value))
+    item = make_item(rendered={"subject": "hello\r\nBcc: evil@x.example", "text": "t"})
+    sender, recipient = Sender.from_header("n <notify@example.org>"), parse_address(TO, what="to")
     with pytest.raises(ValueError, match="linefeed or carriage return"):
-        mail["Subject"] = "hello\r\nBcc: evil@x.example"
+        compose(item, sender, recipient)
+    # And with the sanitiser in place the same item composes, the break gone.
+    monkeypatch.undo()
+    assert "\n" not in str(compose(item, sender, recipient)["Subject"])
 
 
 _HEADERS = {
@@ -576,6 +582,17 @@ async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def settled(daemon: Daemon, *, sent: int = 0, failed: int = 0) -> bool:
+    """The outbox holds nothing more to send: a repeat would need a queued, retrying or pending row."""
+    assert daemon.store is not None
+    rows = daemon.store.status(daemon.clock.time())
+    return (
+        sum(r.sent for r in rows) == sent
+        and sum(r.failed for r in rows) == failed
+        and not any(r.queued or r.in_retry or r.digest_pending for r in rows)
+    )
+
+
 def status_json(config: Path) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "fedmsg_notify", "status", "-c", str(config), "--json"],
@@ -598,10 +615,10 @@ async def test_daemon_retries_451_and_delivers_exactly_once(
     """Through the daemon, a greylisting relay (451, 451) gets the mail once, with the bodhi sentence as subject."""
     config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}}}")
     server.fail("DATA", "451 4.7.1 Greylisted, please try again", times=2)
-    async with running(config):
+    async with running(config) as daemon:
         await publish(bus, [bodhi_comment(samples)])
         await until(lambda: len(server.delivered) == 1)
-        await asyncio.sleep(0.5)  # nothing else may follow
+        await until(lambda: settled(daemon, sent=1))  # recorded as sent: nothing else can follow
     assert len(server.delivered) == 1
     assert server.attempts["DATA"] == 3
     mail = server.delivered[0].mail
@@ -617,10 +634,10 @@ async def test_daemon_records_550_as_permanent_in_status(
     """A 550 is tried once, not retried, and `status` shows the destination's failure with the server's text."""
     config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}}}")
     server.fail("RCPT", "550 5.1.1 <ralph@example.org>: Recipient address rejected: User unknown", times=5)
-    async with running(config):
+    async with running(config) as daemon:
         await publish(bus, [bodhi_comment(samples)])
         await until(lambda: server.attempts.get("RCPT", 0) >= 1)
-        await asyncio.sleep(1.0)  # retries (if any) would come within 0.2 s
+        await until(lambda: settled(daemon, failed=1))  # recorded as failed for good: no retry is scheduled
     assert server.attempts["RCPT"] == 1
     assert server.delivered == []
     status = status_json(config)
@@ -634,10 +651,10 @@ async def test_daemon_digest_collects_messages_into_one_mail(
     """Five bodhi messages with 'digest: {max: 5}' arrive as one mail that says 5 and lists each."""
     config, bus = write_setup(tmp_path, port, f"{{via: mail, to: {TO}, digest: {{every: 1h, max: 5}}}}")
     base = bodhi_comment(samples)
-    async with running(config):
+    async with running(config) as daemon:
         await publish(bus, [numbered(base, n) for n in range(5)])
         await until(lambda: len(server.delivered) == 1)
-        await asyncio.sleep(0.5)
+        await until(lambda: settled(daemon, sent=1))
     [got] = server.delivered
     mail = got.mail
     assert mail["Subject"] == "5 updates: bodhi"
@@ -659,9 +676,9 @@ async def test_digest_pending_across_a_restart_is_sent_once(
         assert daemon.store is not None
         await until(lambda: sum(row.digest_pending for row in daemon.store.status(0)) == 3)  # type: ignore[union-attr]
     assert server.delivered == []
-    async with running(config):
+    async with running(config) as daemon:
         await until(lambda: len(server.delivered) == 1, timeout=20)
-        await asyncio.sleep(0.5)
+        await until(lambda: settled(daemon, sent=1))
     [got] = server.delivered
     assert got.mail["X-Fedmsg-Count"] == "3"
     assert got.mail["Subject"] == "3 updates: bodhi"

@@ -12,6 +12,7 @@ import zmq
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.zeromq import Publisher, Subscriber
 
+from tests.childio import read_lines
 from tests.conftest import free_port
 
 TOPIC = "org.fedoraproject.dev.bodhi.update.comment"
@@ -183,7 +184,7 @@ def test_cli_publish_to_cli_tail_round_trip(endpoint: str) -> None:
         )
         assert publish.returncode == 0, publish.stderr
         assert tail.stdout is not None
-        received = [json.loads(tail.stdout.readline()) for _ in range(3)]
+        received = [json.loads(line) for line in read_lines(tail.stdout, 3)]
     finally:
         tail.kill()
         tail.communicate()

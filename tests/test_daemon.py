@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +11,11 @@ from typing import Any
 
 import pytest
 from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.clock import FakeClock
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.delivery.coalesce import Coalescer
+from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import RecordingBackend, envelopes
 
 BODHI = "org.fedoraproject.prod.bodhi.update.comment"
@@ -158,12 +161,74 @@ async def test_reload_refuses_a_broken_rule_set_and_applies_a_good_one(start: Ca
     assert await run.daemon.reload() is False
     assert run.daemon.pipeline is before
     (run.tmp / "rules" / "b.yaml").unlink()
+    marker = "org.fedoraproject.prod.marker.done"
     (run.tmp / "rules" / "a.yaml").write_text(
         "rules:\n  - {name: none, match: {topic: nothing}, deliver: [{via: irc}]}\n"
+        f"  - {{name: marker, match: {{topic: {marker}}}, deliver: [{{via: irc}}]}}\n"
     )
     assert await run.daemon.reload() is True
     assert run.daemon.pipeline is not before
     assert run.backend("irc") is backend and backend.started == 1
     await run.publish(2)
-    await asyncio.sleep(0.5)
-    assert backend.items == []
+    [sent_after] = await run.publish(1, topic=marker)
+    # The marker was published after the two bodhi messages: once it is here, they were matched (or not).
+    await until(lambda: len(backend.items) >= 1, 15, "the marker")
+    assert [item.msg_id for item in backend.items] == [sent_after["msg_id"]]
+
+
+async def test_sigterm_lets_the_send_in_flight_finish(tmp_path: Path, endpoint: str) -> None:
+    """A stop during a slow send waits for it (within the shutdown timeout): it is recorded sent, not retried."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: slow}]}\n"
+    path = config_text(tmp_path, endpoint, {"slow": "delay: 1.5"}, rules)
+    daemon = Daemon(load_config(path), shutdown_timeout=10.0)
+    ready = asyncio.Event()
+    task = asyncio.create_task(daemon.run(ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    run = Running(daemon, endpoint, tmp_path, path)
+    try:
+        backend = run.backend("slow")
+        [published] = await run.publish(1)
+        await until(lambda: len(backend.attempts) == 1, 15, "the send to begin")
+        assert backend.items == []  # still in flight
+        daemon.stop()  # what SIGTERM does
+        await asyncio.wait_for(task, 20)
+    finally:
+        if run.publisher is not None:
+            run.publisher.close(linger_ms=0)
+    assert [item.msg_id for item in backend.items] == [published["msg_id"]]
+    assert len(backend.attempts) == 1  # finished, not cancelled and tried again
+    store = Outbox(tmp_path / "state.db")
+    try:
+        [row] = store.status(0)
+    finally:
+        store.close()
+    assert (row.sent, row.queued, row.in_retry) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(("backlog", "coalesced"), [(50, False), (200, True)])
+async def test_the_default_horizon_is_sixty_seconds_of_sending(
+    start: Callable[..., Any], backlog: int, coalesced: bool
+) -> None:
+    """At 1 send/s a backlog under 60 is sent one by one; a larger one is summarised down to about a minute's worth."""
+    rules = "rules:\n  - {name: all, match: {}, deliver: [{via: slow}]}\n"
+    clock = FakeClock()
+    run: Running = await start({"slow": "rate: 1, burst: 1"}, rules, clock=clock)  # the default Coalescer()
+    slow = run.backend("slow")
+    slow.fail_next("hang")  # the first send hangs while the backlog builds up
+    await run.publish(1 + backlog)
+    store = run.daemon.store
+    await until(lambda: accepted(run.tmp) == 1 + backlog, 15, "the backlog accepted")
+    assert store is not None
+    slow.release()
+    await until(lambda: sum(i.count for i in slow.items) == 1 + backlog, 15, "every message accounted for")
+    summaries = [i for i in slow.items if i.count > 1]
+    if coalesced:
+        assert summaries, "a backlog over a minute's worth was sent one by one"
+        assert len(slow.items) <= 80, len(slow.items)  # ~60 sends (one minute at 1/s) plus the few sent meanwhile
+    else:
+        assert summaries == [] and len(slow.items) == 1 + backlog
+
+
+def accepted(tmp: Path) -> int:
+    with sqlite3.connect(f"{(tmp / 'state.db').as_uri()}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT COUNT(*) FROM accepted").fetchone()[0])

@@ -59,11 +59,19 @@ def good_frames(**overrides: object) -> list[bytes]:
 
 def test_decode_good_message() -> None:
     """A well-formed frame pair becomes a Message with its topic parts and msg_id."""
-    message = decode_frames(good_frames())
+    frames = good_frames()
+    message = decode_frames(frames)
     assert message.topic == TOPIC
     assert message.service == "bodhi"
     assert message.body == {"agent": "ralph"}
-    assert message.msg_id.startswith("2026-")
+    assert message.msg_id == json.loads(frames[1])["msg_id"]
+
+
+@pytest.mark.parametrize(("timestamp", "year"), [(1767225599.9, "2025"), (1767225600.0, "2026"), (1798761600.0, "2027")])
+def test_msg_id_year_is_the_timestamps_year(timestamp: float, year: str) -> None:
+    """The msg_id's year comes from the envelope's own (UTC) timestamp, not from today's date."""
+    envelope = build_envelope(TOPIC, {}, i=1, username="u", timestamp=timestamp)
+    assert envelope["msg_id"].split("-", 1)[0] == year
 
 
 def test_relay_spacing_is_accepted() -> None:

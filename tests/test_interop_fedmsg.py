@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fedmsg_notify.bus.zeromq import Publisher
+
+from tests.childio import read_lines
+from tests.test_lifecycle import NotifySocket
 
 PEER = str(Path(__file__).with_name("fedmsg_peer.py"))
 TOPIC = "org.fedoraproject.dev.bodhi.update.comment"
@@ -31,26 +34,32 @@ def write_config(tmp_path: Path, endpoint: str) -> Path:
 def test_fedmsg_publish_reaches_our_daemon(tmp_path: Path, endpoint: str, fedmsg_python: str) -> None:
     """A message sent with fedmsg.publish() from another process is printed by `fedmsg-notify run`."""
     config = write_config(tmp_path, endpoint)
+    notify = NotifySocket()
     with subprocess.Popen(
         [sys.executable, "-m", "fedmsg_notify", "run", "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "NOTIFY_SOCKET": notify.path},
     ) as daemon:
         try:
-            time.sleep(1.0)  # let the daemon connect; fedmsg binds and sleeps before sending
+            notify.wait_for("READY=1", timeout=60)  # subscribed and reconnecting to the endpoint
+            # fedmsg binds, then waits before sending; longer than the daemon's 5 s reconnect cap,
+            # its subscriber has connected by then however long fedmsg took to start.
             peer = subprocess.run(
                 [fedmsg_python, PEER, "publish", endpoint, TOPIC, json.dumps({"agent": "ralph"}), "3"],
                 capture_output=True,
                 text=True,
                 timeout=60,
+                env={**os.environ, "FEDMSG_PEER_SLEEP": "6.0"},
             )
             assert peer.returncode == 0, peer.stderr
             assert daemon.stdout is not None
-            lines = [daemon.stdout.readline() for _ in range(3)]
+            lines = read_lines(daemon.stdout, 3, timeout=60)
         finally:
             daemon.terminate()
             _, stderr = daemon.communicate(timeout=30)
+            notify.close()
     assert all(line.strip() for line in lines), stderr
     assert all("ralph" in line for line in lines), lines
 
@@ -61,7 +70,7 @@ def test_our_publish_is_read_by_fedmsg_tail_messages(endpoint: str, fedmsg_pytho
         [fedmsg_python, PEER, "tail", endpoint, "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as tail:
         assert tail.stdout is not None
-        assert tail.stdout.readline().strip() == "READY"
+        assert read_lines(tail.stdout, 1, timeout=60)[0].strip() == "READY"
         publisher = Publisher(endpoint, username="interop", wait=10.0)
         sent = [publisher.publish(TOPIC, {"n": n}) for n in range(2)]
         publisher.close()

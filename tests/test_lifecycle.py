@@ -181,19 +181,23 @@ def test_kill_9_during_a_flood_then_restart_delivers_everything_exactly_once(
     publisher.close(linger_ms=0)
 
     daemons.append(DaemonProcess(config, notify, log))
+    # A marker after the replay: each destination sends in acceptance order, so once the
+    # marker is recorded everything accepted before it (a duplicate included) has been too.
+    [marker] = envelopes(1, BODHI, {"marker": True})
     replay = Publisher(endpoint, username="tester", wait=10.0)
     try:
-        for envelope in flood:
+        for envelope in [*flood, marker]:
             replay.send_envelope(envelope)
     finally:
         replay.close(linger_ms=2000)
 
     def complete() -> bool:
-        return len(read_recording(rec_one)) >= 5000 and len(read_recording(rec_two)) >= 5000
+        return all(
+            marker["msg_id"] in {msg_id for _, msg_id, _ in read_recording(path)} for path in (rec_one, rec_two)
+        )
 
-    until(complete, 90, "every delivery after the restart")
-    time.sleep(0.5)  # anything extra (a duplicate) would arrive now
-    expected = {envelope["msg_id"] for envelope in flood}
+    until(complete, 90, "the marker sent after the replay, at both destinations")
+    expected = {envelope["msg_id"] for envelope in flood} | {marker["msg_id"]}
     for path, dest in ((rec_one, "one:#a"), (rec_two, "two")):
         lines = read_recording(path)
         per_msg = Counter(msg_id for _, msg_id, _ in lines)
@@ -321,12 +325,16 @@ def test_system_unit_has_readiness_restart_reload_and_sandboxing(tmp_path: Path)
     assert "WatchdogSec" in unit
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        return
+        # scripts/setup.d/base.sh installs systemd; in CI a missing tool is a failure.
+        assert not os.environ.get("CI"), "systemd-analyze is missing: install systemd"
+        pytest.skip("systemd-analyze is not installed (the unit file was checked by parsing only)")
+    result = subprocess.run([analyze, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
     # Verify a copy whose commands point at this checkout's executable.
     executable = shutil.which("fedmsg-notify") or str(Path(sys.executable).parent / "fedmsg-notify")
     copy = tmp_path / "fedmsg-notify.service"
     copy.write_text((ROOT / "fedmsg-notify.service").read_text().replace("/usr/bin/fedmsg-notify", executable))
-    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True)
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=120)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if "fedmsg-notify.service" in line]
     assert problems == [], problems
 

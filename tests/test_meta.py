@@ -117,7 +117,8 @@ def test_metadata_speed_is_reported(engine: MetaEngine, samples: list[dict[str, 
     elapsed = time.perf_counter() - start
     per_message = elapsed / (rounds * len(messages)) * 1e6
     print(f"\nmeta: {per_message:.1f} µs/message over {rounds * len(messages)} messages")
-    assert per_message > 0
+    # ~0.5 ms here with both cores busy: ten times that is a regression, not noise.
+    assert per_message < 5000, f"{per_message:.0f} µs per message"
 
 
 @pytest.mark.parametrize(

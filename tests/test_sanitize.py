@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -201,8 +203,12 @@ def _registered_backends() -> list[type[Backend]]:
     for name in backend_names():
         try:
             found.append(backend_class(name))
-        except ImportError:  # an optional backend whose module cannot load here
-            continue
+        except ImportError as exc:
+            # An optional backend whose library is missing: allowed on a developer's machine,
+            # a failure in CI, where every extra is installed.
+            if os.environ.get("CI"):
+                raise AssertionError(f"backend {name!r} cannot load in CI: {exc}") from exc
+            warnings.warn(f"backend {name!r} not checked: {exc}", stacklevel=2)
     return found
 
 
@@ -229,7 +235,7 @@ def test_every_backend_with_shipped_templates_is_injection_proof(
     title, subtitle = f"<evil-tag>{title}", f"{subtitle}<evil-tag>"
     meta = Meta(title=title, subtitle=subtitle, link=link, icon=None, agent=subtitle, usernames=(), packages=())
     route = Route(Destination("acct", "#chan"), Rule("r", "f.yaml"))
-    assert len(_registered_backends()) >= 2
+    assert {b.name for b in _registered_backends()} >= {"console", "irc", "email"}
     for backend in _registered_backends():
         out = shipped.render(backend, msg, meta, route)
         assert set(out) == set(backend.parts)

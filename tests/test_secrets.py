@@ -242,7 +242,12 @@ async def test_secrets_never_leak_anywhere(
                     and masto.posts
                 ):
                     await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # let the failures be logged and stored
+                # ... and the outbox has stored each refusal (the reasons are among the traces checked).
+                assert daemon.store is not None
+                while not {"mail", "masto"} <= {
+                    r.account for r in daemon.store.status(0) if r.last_retry_reason or r.last_failure
+                }:
+                    await asyncio.sleep(0.1)
         finally:
             publisher.close(linger_ms=0)
             daemon.stop()

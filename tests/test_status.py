@@ -7,10 +7,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fedmsg_notify.backend import Destination, Item
 from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.commands import status as status_command
 from fedmsg_notify.commands.cli import main
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
@@ -81,11 +83,13 @@ async def test_permanent_failure_and_malformed_counts_show_in_status(
 
 
 def test_status_shows_retries_digests_coalesced_and_last_success(
-    tmp_path: Path, endpoint: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, endpoint: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Queued, retrying (next attempt and reason), coalesced, digest (next flush) and last success per destination."""
     config = write_config(tmp_path, endpoint, f"  bad: {{backend: '{RECORDER}'}}")
     now = time.time()
+    # `status` reads the clock a moment after the rows were written: it sees the same instant here.
+    monkeypatch.setattr(status_command, "time", SimpleNamespace(time=lambda: now))
     irc, mail = Destination("irc", "#fedora"), Destination("mail", "me@example.org")
     store = Outbox(tmp_path / "state.db")
     store.accept(
@@ -146,3 +150,13 @@ def test_status_without_a_state_database_says_so(
     err = capsys.readouterr().err
     assert str(tmp_path / "state.db") in err and "has not run" in err
     assert not (tmp_path / "state.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (59.4, "59s"), (59.6, "1m"), (3540, "59m"), (3599.4, "1h"), (3600, "1h"), (5400, "2h"),
+     (86399, "1d"), (200000, "2d")],
+)
+def test_span_rounds_into_the_next_unit(seconds: float, shown: str) -> None:
+    """Half a second short of an hour reads "1h", not "60m": the unit is chosen after rounding."""
+    assert status_command._span(seconds) == shown

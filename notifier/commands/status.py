@@ -34,11 +34,12 @@ def _when(timestamp: float | None, now: float) -> str:
 
 
 def _span(seconds: float) -> str:
-    seconds = round(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+    """The span in its largest unit, rounded; one that rounds up to the next unit shows in it ("1h", not "60m")."""
+    for unit, size, limit in (("s", 1, 60), ("m", 60, 60), ("h", 3600, 24)):
+        shown = round(seconds / size)
+        if shown < limit:
+            return f"{shown}{unit}"
+    return f"{round(seconds / 86400)}d"
 
 
 def _inert(text: str) -> str:
@@ -47,8 +48,14 @@ def _inert(text: str) -> str:
 
 
 def render_text(
-    path: str, rows: list[DestinationStatus], counters: dict[str, int], now: float, storage: str | None = None
+    path: str,
+    rows: list[DestinationStatus],
+    counters: dict[str, int],
+    now: float,
+    storage: str | None = None,
+    waiting: dict[str, str] | None = None,
 ) -> str:
+    """``waiting``: why a destination's deliveries wait without being retried (by destination)."""
     lines = [f"state: {path}"]
     if storage is not None:
         lines.append(f"WARNING: {storage}: the daemon refuses new messages until it can write again")
@@ -61,6 +68,8 @@ def render_text(
             f" digest pending {row.digest_pending}, sent {row.sent}"
         )
         lines.append(f"  last success: {_when(row.last_success, now)}")
+        if waiting and row.destination in waiting:
+            lines.append(f"  waiting: {waiting[row.destination]}")
         if row.in_retry:
             reason = _inert(row.last_retry_reason or "unknown reason")
             lines.append(f"  next retry: {_when(row.next_retry, now)}: {reason}")
@@ -88,8 +97,10 @@ def as_json(
     counters: dict[str, int],
     storage: str | None = None,
     amqp: dict[str, Any] | None = None,
+    waiting: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    out = {"state": path, "storage": storage, "destinations": [asdict(row) for row in rows], "counters": counters}
+    destinations = [{**asdict(row), "waiting": (waiting or {}).get(row.destination)} for row in rows]
+    out = {"state": path, "storage": storage, "destinations": destinations, "counters": counters}
     if amqp is not None:
         out["amqp"] = amqp
     return out
@@ -123,6 +134,15 @@ def render_amqp(amqp: dict[str, Any], now: float) -> list[str]:
     return lines
 
 
+def removed_accounts(rows: list[DestinationStatus], accounts: Any, source: object) -> dict[str, str]:
+    """Destinations with work left whose account the configuration no longer has: kept, not sent."""
+    return {
+        row.destination: f"account '{row.account}' is not in {source}; its deliveries are kept until it is back"
+        for row in rows
+        if row.account not in accounts and (row.queued or row.in_retry or row.digest_pending)
+    }
+
+
 def run_status(args: argparse.Namespace) -> int:
     from fedmsg_notify.config.model import load_cli_config
 
@@ -145,11 +165,12 @@ def run_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     storage = storage_health(config.state_path)
+    waiting = removed_accounts(rows, config.accounts, config.source)
     amqp = read_amqp_state(config.state_path) if config.amqp is not None else None
     if getattr(args, "json", False):
-        print(json.dumps(as_json(path, rows, counters, storage, amqp), indent=2, sort_keys=True))
+        print(json.dumps(as_json(path, rows, counters, storage, amqp, waiting), indent=2, sort_keys=True))
     else:
-        text = render_text(path, rows, counters, now, storage)
+        text = render_text(path, rows, counters, now, storage, waiting)
         print("\n".join([text, *render_amqp(amqp, now)]) if amqp is not None else text)
     return 0
 
