@@ -32,8 +32,8 @@ def schema_headers(schema: str, topic: str, body: Any) -> dict[str, Any]:
     return headers
 
 
-def publish_amqp(args: argparse.Namespace, msgs: list[Any]) -> int:
-    """Publish ``msgs`` on ``--amqp URL`` as fedora-messaging does; prints message ids with ``-v``."""
+def publish_amqp(args: argparse.Namespace, msgs: list[tuple[str, Any]]) -> int:
+    """Publish ``msgs`` ((topic, body) pairs) on ``--amqp URL`` as fedora-messaging does; ``-v`` prints ids."""
     # With --amqp, --cert/--key are the TLS client certificate (fedora-messaging does not sign).
     settings = AmqpSettings(
         url=args.amqp,
@@ -45,9 +45,9 @@ def publish_amqp(args: argparse.Namespace, msgs: list[Any]) -> int:
     async def run() -> None:
         publisher = AmqpPublisher(args.amqp, exchange=args.exchange, ssl_context=settings.ssl_context())
         try:
-            for msg in msgs:
-                headers = schema_headers(args.schema, args.topic, msg)
-                msg_id = await publisher.publish(args.topic, msg, schema=args.schema, headers=headers)
+            for topic, msg in msgs:
+                headers = schema_headers(args.schema, topic, msg)
+                msg_id = await publisher.publish(topic, msg, schema=args.schema, headers=headers)
                 if args.verbose:
                     print(msg_id)
         finally:
