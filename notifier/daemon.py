@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from fedmsg_notify import systemd, webserver
-from fedmsg_notify.backend import Destination
+from fedmsg_notify.backend import Destination, install_hint
 from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber, amqp_state_path
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.signatures import make_verifier
@@ -270,7 +270,7 @@ class Daemon:
                 from fedmsg_notify.daemon_cluster import open_shared_store
             except ImportError as exc:
                 where = self.config.state_where or Position(self.config.source, 1, 1)
-                problem = f"state: a PostgreSQL store needs psycopg: pip install 'fedmsg-notify[postgresql]' ({exc})"
+                problem = f"state: a PostgreSQL store needs psycopg: {install_hint('postgresql')} ({exc})"
                 raise ProblemsError([Problem(where, problem)]) from exc
 
             # The shared store has the same interface (see store/postgresql.py); typed as the embedded one.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fedmsg_notify.backend import install_hint
 from fedmsg_notify.config.model import Config, WebSection
 from fedmsg_notify.config.yaml_positions import Position, Problem, ProblemsError
 
@@ -107,7 +108,7 @@ async def start_web(section: WebSection, source: str, snapshot: Callable[[], Sna
     try:
         from fedmsg_notify.backends.web.server import WebServer, WebSettings
     except ImportError as exc:
-        log.error("web: %s; install it with: pip install 'fedmsg-notify[web]'", exc)
+        log.error("web: %s; install it with: %s", exc, install_hint("web"))
         return None
     host, _, port = section.listen.rpartition(":")
     settings = WebSettings(

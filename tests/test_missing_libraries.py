@@ -63,8 +63,8 @@ def test_irc_and_mastodon_without_their_libraries_wait_while_others_deliver(
     until(lambda: {"chat:#x", "masto"} <= {d for d, row in status().items() if row["in_retry"] == 1}, 30,
           "both accounts without their library in retry")
     rows = status()
-    assert "pip install fedmsg-notify[irc]" in str(rows["chat:#x"]["last_retry_reason"]), rows["chat:#x"]
-    assert "pip install fedmsg-notify[mastodon]" in str(rows["masto"]["last_retry_reason"]), rows["masto"]
+    assert "pip install '.[irc]'" in str(rows["chat:#x"]["last_retry_reason"]), rows["chat:#x"]
+    assert "pip install '.[mastodon]'" in str(rows["masto"]["last_retry_reason"]), rows["masto"]
     assert rows["chat:#x"]["sent"] == 0 and rows["masto"]["sent"] == 0
     daemons[0].signal(signal.SIGTERM)
     assert daemons[0].wait() == 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from fedmsg_notify.backend import BackendUnavailable, DeliveryError, PermanentFailure, TemporaryFailure
+from fedmsg_notify.backend import BackendUnavailable, DeliveryError, PermanentFailure, TemporaryFailure, install_hint
 from fedmsg_notify.render.sanitize import plain_text
 from pydantic import SecretStr
 
@@ -71,7 +71,7 @@ class Session:
             from mautrix.client import ClientAPI
         except ImportError as exc:
             raise BackendUnavailable(
-                f"account '{self.account_name}': the matrix backend needs mautrix: pip install fedmsg-notify[matrix]"
+                f"account '{self.account_name}': the matrix backend needs mautrix: {install_hint('matrix')}"
             ) from exc
         await self.close()
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.creds.timeout))
