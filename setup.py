@@ -64,6 +64,7 @@ EXTRAS["test"] = EXTRAS["all"] + [
     "pytest>=8",
     "pytest-asyncio>=0.23",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",
     "hypothesis>=6.100",
     "aiosmtpd>=1.4",
     "trustme>=1.1",

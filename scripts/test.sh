@@ -47,4 +47,12 @@ done
 
 .venv/bin/ruff check notifier backends tests bench
 bash scripts/typecheck.sh
-.venv/bin/python -m pytest "$@"
+# Two workers (this machine class has 2 cores; most tests wait on servers), one test file
+# per worker at a time so a file's module-scoped servers are started once. TEST_WORKERS=0
+# runs everything in this process.
+workers=${TEST_WORKERS:-2}
+if [ "$workers" = "0" ]; then
+  .venv/bin/python -m pytest "$@"
+else
+  .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+fi

@@ -373,3 +373,60 @@ def test_status_of_a_database_no_daemon_has_used_says_so(tmp_path: Path, pg_url:
     )
     assert out.returncode == 1
     assert "no daemon has run with it" in out.stderr
+
+
+def test_two_daemons_on_one_amqp_queue_compete_and_mail_each_message_once(
+    tmp_path: Path, pg_url: str, smtp: tuple[int, Handler], started: list[DaemonProcess]
+) -> None:
+    """Competing consumers: two daemons on one durable AMQP queue, one PostgreSQL store.
+
+    The broker hands each message to one of the two consumers; every message is mailed
+    exactly once, both daemons sent mail, and the queue drains to zero unacknowledged.
+    """
+    import asyncio
+    import uuid
+
+    pytest.importorskip("aio_pika")
+    from fedmsg_notify.bus.amqp_publish import AmqpPublisher
+
+    from tests.rabbitmqserver import rabbitmq_available, rabbitmq_node
+
+    if not rabbitmq_available():
+        pytest.skip("rabbitmq-server is not installed")
+    port, handler = smtp
+    queue = f"cluster-{uuid.uuid4()}"
+    with rabbitmq_node() as broker:
+        amqp = f"{{amqp: {{url: '{broker.url}', queue: '{queue}', prefetch: 20}}}}"
+        for name in ("a", "b"):
+            config = write_config(tmp_path, name, "", port, pg_url, f"{{via: mail, to: {TO}}}")
+            config.write_text(config.read_text().replace("bus: {endpoints: []}", f"bus: {amqp}"))
+            start(tmp_path, name, config, started)
+
+        def consumers() -> int:
+            out = broker.ctl("list_queues", "name", "consumers").stdout
+            return sum(int(f[1]) for f in (line.split() for line in out.splitlines()) if len(f) == 2 and f[0] == queue)
+
+        until(lambda: consumers() == 2, 60, "both daemons consuming the queue")
+        ids: list[str] = []
+
+        async def flood() -> None:
+            publisher = AmqpPublisher(broker.url)
+            try:
+                for n in range(1000):
+                    ids.append(await publisher.publish("org.fedoraproject.prod.bodhi.update.comment", {"n": n}))
+            finally:
+                await publisher.close()
+
+        asyncio.run(flood())
+        until(lambda: mails(handler) >= 1000, 180, "1,000 mails")
+        until(lambda: sum(sent_per_daemon(pg_url)) >= 1000, 30, "both daemons' send counts")
+        until(lambda: broker.queue_counts(queue) == (0, 0), 30, "the queue to drain")
+        found = message_ids(handler)
+        assert len(found) == 1000
+        assert max(found.values()) == 1, "a message was mailed twice"
+        split = sent_per_daemon(pg_url)
+        print(f"sends per daemon: {split}")
+        assert len(split) == 2 and min(split) > 0, f"one daemon did all the work: {split}"
+        for proc in started:
+            proc.signal(signal.SIGTERM)
+            assert proc.wait() == 0
