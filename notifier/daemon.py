@@ -28,7 +28,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fedmsg_notify import systemd, webserver
 from fedmsg_notify.backend import Destination, install_hint
@@ -49,7 +49,9 @@ from fedmsg_notify.matching.rules import Route, Rule, RuleSet
 from fedmsg_notify.meta.engine import MetaEngine
 from fedmsg_notify.render.renderer import Renderer
 from fedmsg_notify.store.faults import BadStateFile, check_state_file
-from fedmsg_notify.store.sqlite import DigestEntry, Outbox
+from fedmsg_notify.store.interface import Store
+from fedmsg_notify.store.records import DigestEntry
+from fedmsg_notify.store.sqlite import Outbox
 
 if TYPE_CHECKING:
     from fedmsg_notify.store.pg_cluster import AccountLocks
@@ -97,7 +99,7 @@ class Daemon:
             name: BackendHandle(account.backend(name, account.options), self.clock)
             for name, account in config.accounts.items()
         }
-        self.store: Outbox | None = None
+        self.store: Store | None = None
         # This daemon's name in a shared (PostgreSQL) store's leases, heartbeats and account locks.
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.locks: AccountLocks | None = None
@@ -264,7 +266,7 @@ class Daemon:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _open_store(self) -> Outbox:
+    def _open_store(self) -> Store:
         if self.config.state_url is not None:
             try:
                 from fedmsg_notify.daemon_cluster import open_shared_store
@@ -273,8 +275,7 @@ class Daemon:
                 problem = f"state: a PostgreSQL store needs psycopg: {install_hint('postgresql')} ({exc})"
                 raise ProblemsError([Problem(where, problem)]) from exc
 
-            # The shared store has the same interface (see store/postgresql.py); typed as the embedded one.
-            return cast(Outbox, open_shared_store(self.config, self.daemon_id))
+            return open_shared_store(self.config, self.daemon_id)
         # Reported like a config error: the fix is the `state:` setting, its file or its directory.
         where = self.config.state_where or Position(self.config.source, 1, 1)
         try:
