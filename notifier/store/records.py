@@ -118,7 +118,7 @@ class DigestGroup:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """What one :meth:`Outbox.accept` call stored."""
+    """What one :meth:`Store.accept` call stored."""
 
     deliveries: frozenset[Destination]
     digests: frozenset[Destination]
