@@ -18,7 +18,8 @@ from fedmsg_notify.bus.envelope import build_envelope
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.delivery.coalesce import Coalescer
-from fedmsg_notify.store.sqlite import DestinationStatus, Outbox
+from fedmsg_notify.store.records import DestinationStatus
+from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import publish_all
 
 from tests.synapseserver import Reader, Synapse, synapse_python

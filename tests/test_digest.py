@@ -17,7 +17,8 @@ from fedmsg_notify.clock import FakeClock
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.delivery.digest import DigestScheduler, joined_parts
-from fedmsg_notify.store.sqlite import DigestEntry, NewDigestEntry, Outbox
+from fedmsg_notify.store.records import DigestEntry, NewDigestEntry
+from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import RecordingBackend, envelopes
 
 DEST = Destination("mail", "me@example.org")
@@ -267,6 +268,6 @@ async def test_daemon_one_message_digest_matches_immediate_rendering(tmp_path: P
 @pytest.mark.parametrize("every,most,count,expected", [(60.0, None, 1, T0 + 60), (None, 3, 3, T0), (None, 3, 2, None)])
 def test_due_time(every: float | None, most: int | None, count: int, expected: float | None) -> None:
     """A digest is due at first+every, at once when max is reached, and never by time without `every`."""
-    from fedmsg_notify.store.sqlite import DigestGroup
+    from fedmsg_notify.store.records import DigestGroup
 
     assert DigestGroup(DEST, count, T0, every, most).due_at() == expected

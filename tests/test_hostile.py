@@ -772,7 +772,7 @@ def _valid_samples() -> list[Message]:
 def test_status_shows_remote_failure_text_inertly() -> None:
     """A server's error text with terminal escapes or line breaks shows in `status` as one plain line."""
     from fedmsg_notify.commands.status import render_text
-    from fedmsg_notify.store.sqlite import DestinationStatus
+    from fedmsg_notify.store.records import DestinationStatus
 
     row = DestinationStatus(
         destination="irc:#chan",

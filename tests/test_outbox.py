@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from fedmsg_notify.backend import Destination, Item
-from fedmsg_notify.store.sqlite import NewDelivery, Outbox
+from fedmsg_notify.store.records import NewDelivery
+from fedmsg_notify.store.sqlite import Outbox
 
 from tests.postgresserver import postgres_server  # noqa: F401 (fixture)
 
@@ -218,3 +219,11 @@ def test_coalescer_makes_any_backends_summary_inert(store: Store) -> None:
     assert summaries
     for item in summaries:
         assert not any(c in item.rendered["line"] for c in "\r\n\x00"), item.rendered
+
+
+def test_the_records_keep_their_old_import_path() -> None:
+    """Code written against the outbox before the store split still imports its records from it."""
+    from fedmsg_notify.store import records, sqlite
+
+    for name in ("NewDelivery", "NewDigestEntry", "DigestEntry", "DigestGroup", "Accepted", "DestinationStatus"):
+        assert getattr(sqlite, name) is getattr(records, name)

@@ -11,7 +11,8 @@ from fedmsg_notify.backend import Destination, Item, PermanentFailure, Temporary
 from fedmsg_notify.clock import FakeClock
 from fedmsg_notify.delivery.retry import RetryPolicy
 from fedmsg_notify.delivery.workers import BackendHandle, DestinationWorker
-from fedmsg_notify.store.sqlite import NewDelivery, Outbox
+from fedmsg_notify.store.records import NewDelivery
+from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import RecordingAccount, RecordingBackend
 
 DEST = Destination("rec-retry", "#chan")

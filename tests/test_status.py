@@ -16,7 +16,8 @@ from fedmsg_notify.commands import status as status_command
 from fedmsg_notify.commands.cli import main
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
-from fedmsg_notify.store.sqlite import NewDelivery, NewDigestEntry, Outbox
+from fedmsg_notify.store.records import NewDelivery, NewDigestEntry
+from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import envelopes
 
 RECORDER = "fedmsg_notify.testing:RecordingBackend"

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import pytest
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.store.postgresql import Outbox, StoreUnavailable, safe_url
-from fedmsg_notify.store.sqlite import DigestEntry, NewDelivery, NewDigestEntry
+from fedmsg_notify.store.records import DigestEntry, NewDelivery, NewDigestEntry
 
 from tests.postgresserver import PostgresServer, _bindir, postgres_server  # noqa: F401 (fixture)
 

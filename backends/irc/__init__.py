@@ -30,7 +30,8 @@ from fedmsg_notify.render.sanitize import irc_color, strip_irc_formatting
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from .lines import age_suffix, describe_age, fit, wire_safe
-from .session import Server, Session, SessionSettings, fold, is_channel
+from .session import Session
+from .settings import Server, SessionSettings, fold, is_channel
 
 # RFC 2812 §2.3.1 nick grammar (letters, digits, the "special" characters, "-").
 NICK_RE = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}$")

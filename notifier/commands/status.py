@@ -19,7 +19,8 @@ from typing import Any
 
 from fedmsg_notify.render.sanitize import one_line, plain_text
 from fedmsg_notify.store.faults import storage_health
-from fedmsg_notify.store.sqlite import DestinationStatus, Outbox
+from fedmsg_notify.store.records import DestinationStatus
+from fedmsg_notify.store.sqlite import Outbox
 
 
 def _when(timestamp: float | None, now: float) -> str:

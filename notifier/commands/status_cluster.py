@@ -7,7 +7,7 @@ from typing import Any
 
 from fedmsg_notify.config.model import Config
 from fedmsg_notify.store.pg_status import DaemonStatus, cluster_status
-from fedmsg_notify.store.sqlite import DestinationStatus
+from fedmsg_notify.store.records import DestinationStatus
 
 # A daemon writes its heartbeat every second; one silent this long is reported dead.
 STALE = 10.0

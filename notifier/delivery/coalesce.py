@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fedmsg_notify.backend import Backend, Destination, Item
 from fedmsg_notify.pacing import TokenBucket
 from fedmsg_notify.render.sanitize import finish_parts
-from fedmsg_notify.store.sqlite import Outbox
+from fedmsg_notify.store.interface import Store
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Coalescer:
     # Rows merged per transaction, so a 200k backlog never sits in memory at once.
     chunk: int = 2000
 
-    def check(self, store: Outbox, destination: Destination, backend: Backend, bucket: TokenBucket, now: float) -> int:
+    def check(self, store: Store, destination: Destination, backend: Backend, bucket: TokenBucket, now: float) -> int:
         """Merge until the backlog fits the horizon; return how many rows were merged."""
         threshold = max(2, bucket.per(self.horizon))
         merged = 0

@@ -5,7 +5,7 @@ destination's digest is flushed when ``max`` entries are pending (in chunks of
 ``max``) or ``every`` seconds after its oldest pending entry arrived. Both are
 computed from the store, so a digest due while the daemon was down goes out right
 after the restart. A flush claims its entries and queues the digest delivery in one
-transaction (:meth:`Outbox.flush_digest`), so two triggers in the same instant never
+transaction (:meth:`Store.flush_digest`), so two triggers in the same instant never
 produce two digests of the same messages.
 
 Rendering: the backend's ``digest`` template through ``Renderer.render_digest`` when
@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from fedmsg_notify.backend import Backend, Destination
 from fedmsg_notify.clock import Clock
-from fedmsg_notify.store.sqlite import DigestEntry, DigestGroup, Outbox
+from fedmsg_notify.store.interface import Store
+from fedmsg_notify.store.records import DigestEntry, DigestGroup
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class DigestScheduler:
 
     def __init__(
         self,
-        store: Outbox,
+        store: Store,
         render: RenderDigest,
         queued: Callable[[Destination], None],
         *,

@@ -20,7 +20,8 @@ from fedmsg_notify.backend import Backend
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.matching.rules import Route, RuleSet
 from fedmsg_notify.render.renderer import Renderer
-from fedmsg_notify.store.sqlite import Accepted, NewDelivery, NewDigestEntry, Outbox
+from fedmsg_notify.store.interface import Store
+from fedmsg_notify.store.records import Accepted, NewDelivery, NewDigestEntry
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _options(route: Route) -> dict[str, Any]:
     return dict(dump()) if callable(dump) else dict(options or {})
 
 
-def accept_batch(store: Outbox, pipeline: Pipeline, batch: Sequence[Message], now: float) -> Accepted:
+def accept_batch(store: Store, pipeline: Pipeline, batch: Sequence[Message], now: float) -> Accepted:
     """Route, render and store one batch; return what was stored (to wake the workers)."""
     deliveries: list[NewDelivery] = []
     entries: list[NewDigestEntry] = []

@@ -32,7 +32,7 @@ from fedmsg_notify.delivery.coalesce import Coalescer
 from fedmsg_notify.delivery.retry import Outcome, RetryPolicy
 from fedmsg_notify.pacing import TokenBucket
 from fedmsg_notify.store.faults import storage_fault
-from fedmsg_notify.store.sqlite import Outbox
+from fedmsg_notify.store.interface import Store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class DestinationWorker:
     def __init__(
         self,
         destination: Destination,
-        store: Outbox,
+        store: Store,
         handles: Callable[[str], BackendHandle | None],
         *,
         clock: Clock,

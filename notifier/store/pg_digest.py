@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 from fedmsg_notify.backend import Destination
-from fedmsg_notify.store.sqlite import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps, _loads_text
+from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps, _loads_text
 
 Row = dict[str, Any]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from fedmsg_notify.store.sqlite import DestinationStatus
+from fedmsg_notify.store.records import DestinationStatus
 
 Row = dict[str, Any]
 

@@ -35,7 +35,7 @@ import psycopg
 from fedmsg_notify.backend import Destination, Item
 from fedmsg_notify.store import pg_digest
 from fedmsg_notify.store.pg_schema import migrate
-from fedmsg_notify.store.sqlite import (
+from fedmsg_notify.store.records import (
     Accepted,
     DestinationStatus,
     DigestEntry,

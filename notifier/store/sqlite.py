@@ -27,6 +27,11 @@ commit — one per send — which costs more than it buys here.
 
 All methods are synchronous and short; the daemon calls them from its event loop
 (each is a handful of indexed statements, well under a millisecond).
+
+This module holds the connection, intake, the delivery queue, flood coalescing and
+retention; the tables are in :mod:`~fedmsg_notify.store.sqlite_schema`, digests in
+:mod:`~fedmsg_notify.store.sqlite_digest` and ``status`` in
+:mod:`~fedmsg_notify.store.sqlite_status`, as the PostgreSQL store splits its own.
 """
 
 from __future__ import annotations
@@ -37,233 +42,44 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import orjson
 from fedmsg_notify.backend import Destination, Item
+from fedmsg_notify.store import sqlite_digest
+from fedmsg_notify.store.records import (
+    MERGED_META_CAP,
+    Accepted,
+    DestinationStatus,
+    DigestEntry,
+    DigestGroup,
+    NewDelivery,
+    NewDigestEntry,
+    _dumps,
+    _dumps_text,
+    _loads_text,
+)
+from fedmsg_notify.store.sqlite_schema import SCHEMA, SCHEMA_VERSION
+from fedmsg_notify.store.sqlite_status import destination_status
+
+# The records and the schema used to live here; their old import path keeps working.
+__all__ = [
+    "MERGED_META_CAP",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "Accepted",
+    "DestinationStatus",
+    "DigestEntry",
+    "DigestGroup",
+    "NewDelivery",
+    "NewDigestEntry",
+    "Outbox",
+]
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS accepted (
-    msg_id TEXT NOT NULL,
-    dest TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (msg_id, dest)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS accepted_at ON accepted(at);
-
-CREATE TABLE IF NOT EXISTS deliveries (
-    -- AUTOINCREMENT: ids are never reused after pruning, because backends derive
-    -- idempotency keys from them.
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    -- Send order; a flood summary takes the place of the oldest row it merged.
-    position INTEGER,
-    dest TEXT NOT NULL,
-    account TEXT NOT NULL,
-    recipient TEXT,
-    kind TEXT NOT NULL DEFAULT 'message',          -- message | digest | summary
-    msg_id TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    service TEXT NOT NULL,
-    rendered TEXT NOT NULL,
-    options TEXT NOT NULL,
-    meta TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    count INTEGER NOT NULL DEFAULT 1,
-    state TEXT NOT NULL DEFAULT 'queued',          -- queued | sent | failed | coalesced
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_error TEXT,
-    merged_into INTEGER,
-    created REAL NOT NULL,
-    finished REAL
-);
-CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries(dest, state, position);
-CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries(state, finished);
-
-CREATE TABLE IF NOT EXISTS digest_entries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    dest TEXT NOT NULL,
-    account TEXT NOT NULL,
-    recipient TEXT,
-    msg_id TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    rule_file TEXT NOT NULL,
-    template TEXT,
-    options TEXT NOT NULL,
-    every REAL,
-    max INTEGER,
-    topic TEXT NOT NULL,
-    service TEXT NOT NULL,
-    envelope TEXT NOT NULL,
-    meta TEXT NOT NULL,
-    rendered TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    created REAL NOT NULL,
-    flushed_into INTEGER
-);
-CREATE INDEX IF NOT EXISTS digest_pending ON digest_entries(dest, flushed_into, id);
-
-CREATE TABLE IF NOT EXISTS destinations (
-    dest TEXT PRIMARY KEY,
-    account TEXT NOT NULL,
-    recipient TEXT,
-    last_success REAL,
-    sent INTEGER NOT NULL DEFAULT 0,
-    coalesced INTEGER NOT NULL DEFAULT 0
-);
-
--- A delivery's success updates its destination's statistics in the same statement, so
--- marking it sent -- once per send, the hot path -- is one atomic round trip.
-CREATE TRIGGER IF NOT EXISTS deliveries_sent AFTER UPDATE OF state ON deliveries
-WHEN NEW.state = 'sent'
-BEGIN
-    INSERT INTO destinations (dest, account, recipient, last_success, sent)
-    VALUES (NEW.dest, NEW.account, NEW.recipient, NEW.finished, 1)
-    ON CONFLICT(dest) DO UPDATE SET last_success = excluded.last_success, sent = sent + 1;
-END;
-
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
 
 _ITEM_COLUMNS = (
     "id, msg_id, account, recipient, rule, topic, service, rendered, options, meta, timestamp, count, attempts"
 )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-# Rendered parts and metadata are written once per delivery and read back once per send,
-# the largest JSON the hot path handles; orjson does both ~5x faster. Only for these two,
-# which hold nothing but strings (and lists of them): orjson reads integers beyond 64
-# bits as floats and writes NaN as null, so bus data (digest envelopes) and options stay
-# on the standard library.
-def _dumps_text(value: Any) -> str:
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-    except TypeError:  # something else after all (a non-string key): the standard library copes
-        return _dumps(value)
-
-
-def _loads_text(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # e.g. an escaped lone surrogate, which orjson refuses
-        return json.loads(text)
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    """A rendered delivery about to be accepted."""
-
-    msg_id: str
-    destination: Destination
-    rule: str
-    topic: str
-    service: str
-    rendered: Mapping[str, str]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    timestamp: float = 0.0
-    # Set when routing or rendering failed: stored as a failed delivery so `status` shows it.
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NewDigestEntry:
-    """A message that waits for its destination's next digest."""
-
-    msg_id: str
-    destination: Destination
-    rule: str
-    rule_file: str
-    template: str | None
-    options: Mapping[str, Any]
-    every: float | None
-    max: int | None
-    topic: str
-    service: str
-    envelope: Mapping[str, Any]
-    meta: Mapping[str, Any]
-    rendered: Mapping[str, str]
-    timestamp: float
-
-
-@dataclass(frozen=True, slots=True)
-class DigestEntry:
-    """A stored digest entry, as a flush reads it back."""
-
-    id: int
-    msg_id: str
-    destination: Destination
-    rule: str
-    rule_file: str
-    template: str | None
-    options: Mapping[str, Any]
-    topic: str
-    service: str
-    envelope: Mapping[str, Any]
-    meta: Mapping[str, Any]
-    rendered: Mapping[str, str]
-    timestamp: float
-    created: float
-
-
-@dataclass(frozen=True, slots=True)
-class DigestGroup:
-    """The unflushed entries of one destination: enough to decide whether a flush is due."""
-
-    destination: Destination
-    count: int
-    first_created: float
-    every: float | None
-    max: int | None
-
-    def due_at(self) -> float | None:
-        """When this digest must go out (``None``: only when ``max`` is reached)."""
-        if self.max is not None and self.count >= self.max:
-            return self.first_created
-        if self.every is not None:
-            return self.first_created + self.every
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """What one :meth:`Outbox.accept` call stored."""
-
-    deliveries: frozenset[Destination]
-    digests: frozenset[Destination]
-    duplicates: int
-
-
-@dataclass(frozen=True, slots=True)
-class DestinationStatus:
-    """One line of ``fedmsg-notify status``."""
-
-    destination: str
-    account: str
-    queued: int = 0
-    in_retry: int = 0
-    next_retry: float | None = None
-    last_retry_reason: str | None = None
-    failed: int = 0
-    last_failure: str | None = None
-    coalesced: int = 0
-    digest_pending: int = 0
-    next_digest: float | None = None
-    last_success: float | None = None
-    sent: int = 0
 
 
 def _destination(account: str, recipient: str | None) -> Destination:
@@ -549,20 +365,7 @@ class Outbox:
     # -- digests --------------------------------------------------------------------------
 
     def digest_groups(self) -> list[DigestGroup]:
-        rows = self.db.execute(
-            "SELECT account, recipient, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every, MIN(max) AS max"
-            " FROM digest_entries WHERE flushed_into IS NULL GROUP BY dest"
-        )
-        return [
-            DigestGroup(
-                destination=_destination(row["account"], row["recipient"]),
-                count=int(row["n"]),
-                first_created=float(row["first"]),
-                every=None if row["every"] is None else float(row["every"]),
-                max=None if row["max"] is None else int(row["max"]),
-            )
-            for row in rows
-        ]
+        return sqlite_digest.groups(self.db)
 
     def flush_digest(
         self,
@@ -573,75 +376,9 @@ class Outbox:
         *,
         render_cap: int = 100,
     ) -> tuple[int, int] | None:
-        """Claim up to ``limit`` unflushed entries and queue their digest, atomically.
-
-        ``render(entries, total)`` gets at most ``render_cap`` entries and the true
-        count and returns (rendered parts, msg_id). The claim, the rendering and the
-        new delivery are one ``BEGIN IMMEDIATE`` transaction: a second flusher (another
-        task, another process) either sees the entries unclaimed or not at all, so two
-        triggers in the same instant cannot both send a digest. Returns (delivery id,
-        entries claimed), or ``None`` when there was nothing to flush.
-        """
+        """Claim up to ``limit`` unflushed entries and queue their digest, atomically (see :mod:`sqlite_digest`)."""
         with self.transaction() as db:
-            rows = db.execute(
-                "SELECT * FROM digest_entries WHERE dest = ? AND flushed_into IS NULL ORDER BY id LIMIT ?",
-                (destination.key, -1 if limit is None else limit),
-            ).fetchall()
-            if not rows:
-                return None
-            entries = [self._entry(row) for row in rows[:render_cap]]
-            total = len(rows)
-            rendered, msg_id = render(entries, total)
-            first = entries[0]
-            services = {row["service"] for row in rows}
-            cursor = db.execute(
-                "INSERT INTO deliveries (dest, account, recipient, kind, msg_id, rule, topic, service, rendered,"
-                " options, meta, timestamp, count, next_attempt, created)"
-                " VALUES (?,?,?,'digest',?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    destination.key,
-                    destination.account,
-                    destination.to,
-                    msg_id,
-                    first.rule,
-                    first.topic if total == 1 else "",
-                    services.pop() if len(services) == 1 else "various",
-                    _dumps(dict(rendered)),
-                    _dumps(dict(first.options)),
-                    _dumps(dict(first.meta) if total == 1 else _merged_meta(rows)),
-                    float(rows[-1]["timestamp"]),
-                    total,
-                    now,
-                    now,
-                ),
-            )
-            delivery_id = cursor.lastrowid
-            assert delivery_id is not None
-            db.execute("UPDATE deliveries SET position = id WHERE id = ?", (delivery_id,))
-            db.executemany(
-                "UPDATE digest_entries SET flushed_into = ? WHERE id = ? AND flushed_into IS NULL",
-                [(delivery_id, row["id"]) for row in rows],
-            )
-        return int(delivery_id), total
-
-    @staticmethod
-    def _entry(row: sqlite3.Row) -> DigestEntry:
-        return DigestEntry(
-            id=int(row["id"]),
-            msg_id=row["msg_id"],
-            destination=_destination(row["account"], row["recipient"]),
-            rule=row["rule"],
-            rule_file=row["rule_file"],
-            template=row["template"],
-            options=json.loads(row["options"]),
-            topic=row["topic"],
-            service=row["service"],
-            envelope=json.loads(row["envelope"]),
-            meta=_loads_text(row["meta"]),
-            rendered=_loads_text(row["rendered"]),
-            timestamp=float(row["timestamp"]),
-            created=float(row["created"]),
-        )
+            return sqlite_digest.flush_digest(db, destination, limit, render, now, render_cap=render_cap)
 
     # -- counters, status, housekeeping ---------------------------------------------------
 
@@ -660,52 +397,7 @@ class Outbox:
 
     def status(self, now: float) -> list[DestinationStatus]:
         """Per destination: where every notification is. Read-only; safe while the daemon runs."""
-        found: dict[str, dict[str, Any]] = {}
-
-        def entry(dest: str, account: str) -> dict[str, Any]:
-            return found.setdefault(dest, {"destination": dest, "account": account})
-
-        for row in self.db.execute(
-            "SELECT dest, account, SUM(attempts = 0) AS fresh, SUM(attempts > 0) AS retrying,"
-            " MIN(CASE WHEN attempts > 0 THEN next_attempt END) AS next_retry"
-            " FROM deliveries WHERE state = 'queued' GROUP BY dest"
-        ):
-            e = entry(row["dest"], row["account"])
-            e["queued"] = int(row["fresh"] or 0) + int(row["retrying"] or 0)
-            e["in_retry"] = int(row["retrying"] or 0)
-            e["next_retry"] = row["next_retry"]
-            if row["retrying"]:
-                reason = self.db.execute(
-                    "SELECT last_error FROM deliveries WHERE dest = ? AND state = 'queued' AND attempts > 0"
-                    " ORDER BY next_attempt LIMIT 1",
-                    (row["dest"],),
-                ).fetchone()
-                e["last_retry_reason"] = reason[0]
-        for row in self.db.execute(
-            "SELECT dest, account, COUNT(*) AS n, MAX(finished) AS last FROM deliveries"
-            " WHERE state = 'failed' GROUP BY dest"
-        ):
-            e = entry(row["dest"], row["account"])
-            e["failed"] = int(row["n"])
-            reason = self.db.execute(
-                "SELECT last_error FROM deliveries WHERE dest = ? AND state = 'failed' ORDER BY finished DESC, id DESC"
-                " LIMIT 1",
-                (row["dest"],),
-            ).fetchone()
-            e["last_failure"] = reason[0]
-        for row in self.db.execute(
-            "SELECT dest, account, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every FROM digest_entries"
-            " WHERE flushed_into IS NULL GROUP BY dest"
-        ):
-            e = entry(row["dest"], row["account"])
-            e["digest_pending"] = int(row["n"])
-            e["next_digest"] = None if row["every"] is None else float(row["first"]) + float(row["every"])
-        for row in self.db.execute("SELECT dest, account, last_success, sent, coalesced FROM destinations"):
-            e = entry(row["dest"], row["account"])
-            e["last_success"] = row["last_success"]
-            e["sent"] = int(row["sent"])
-            e["coalesced"] = int(row["coalesced"])
-        return [DestinationStatus(**found[key]) for key in sorted(found)]
+        return destination_status(self.db)
 
     def prune(
         self,
@@ -736,24 +428,3 @@ class Outbox:
             removed += db.execute("DELETE FROM accepted WHERE at < ?", (now - keep_done,)).rowcount
         return removed
 
-
-# A digest mail's filter headers (X-Fedmsg-Category/-Username/-Package) name what its
-# entries involve; capped so a mass rebuild cannot produce a huge header block.
-MERGED_META_CAP = 50
-
-
-def _merged_meta(rows: Sequence[sqlite3.Row]) -> dict[str, Any]:
-    """The union of the services, usernames and packages of a digest's entries."""
-    services: dict[str, None] = {}
-    usernames: dict[str, None] = {}
-    packages: dict[str, None] = {}
-    for row in rows:
-        services.setdefault(row["service"], None)
-        meta = _loads_text(row["meta"])
-        for name in meta.get("usernames") or ():
-            if len(usernames) < MERGED_META_CAP:
-                usernames.setdefault(str(name), None)
-        for name in meta.get("packages") or ():
-            if len(packages) < MERGED_META_CAP:
-                packages.setdefault(str(name), None)
-    return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}

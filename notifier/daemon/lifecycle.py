@@ -5,7 +5,9 @@
         ─▶ one worker per destination (coalesce, pace, send, retry) ─▶ backend
 
 Each stage lives in its own module (``intake``, ``outbox``, ``digest``, ``workers``,
-``coalesce``, ``pacing``, ``retry``); this one only starts, reloads and stops them.
+``coalesce``, ``pacing``, ``retry``); this one only starts, reloads and stops them,
+with the bus intake in :mod:`~fedmsg_notify.daemon.consume`, the housekeeping in
+:mod:`~fedmsg_notify.daemon.chores` and opening the store in :mod:`~fedmsg_notify.daemon.state`.
 
 Signals: ``SIGHUP`` reloads config, rules and templates atomically — the new set is
 built completely first, and if anything in it is invalid the errors are logged and the
@@ -18,48 +20,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import signal
 import socket
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fedmsg_notify import systemd, webserver
-from fedmsg_notify.backend import Destination, install_hint
-from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber, amqp_state_path
-from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.backend import Destination
+from fedmsg_notify.bus.amqp import AmqpSubscriber
 from fedmsg_notify.bus.signatures import make_verifier
 from fedmsg_notify.bus.zeromq import Subscriber
 from fedmsg_notify.clock import Clock
 from fedmsg_notify.config.model import Config, load_config
-from fedmsg_notify.config.yaml_positions import Position, Problem, ProblemsError
+from fedmsg_notify.config.yaml_positions import ProblemsError
+from fedmsg_notify.daemon.chores import Chores
+from fedmsg_notify.daemon.consume import BusIntake
+from fedmsg_notify.daemon.state import open_store
 from fedmsg_notify.delivery.coalesce import Coalescer
 from fedmsg_notify.delivery.digest import DigestScheduler, joined_parts
 from fedmsg_notify.delivery.guard import IntakeGuard
-from fedmsg_notify.delivery.intake import Pipeline, accept_batch
+from fedmsg_notify.delivery.intake import Pipeline
 from fedmsg_notify.delivery.retry import RetryPolicy
 from fedmsg_notify.delivery.workers import BackendHandle, DestinationWorker
 from fedmsg_notify.matching.rules import Route, Rule, RuleSet
 from fedmsg_notify.meta.engine import MetaEngine
 from fedmsg_notify.render.renderer import Renderer
-from fedmsg_notify.store.faults import BadStateFile, check_state_file
-from fedmsg_notify.store.sqlite import DigestEntry, Outbox
+from fedmsg_notify.store.interface import Store
+from fedmsg_notify.store.records import DigestEntry
 
 if TYPE_CHECKING:
     from fedmsg_notify.store.pg_cluster import AccountLocks
 
 log = logging.getLogger(__name__)
-
-COUNTERS_EVERY = 30.0
-PRUNE_EVERY = 3600.0
-# Messages routed, rendered and committed per transaction.
-INTAKE_SLICE = 64
 
 
 def build_pipeline(config: Config) -> Pipeline:
@@ -72,7 +69,7 @@ def build_pipeline(config: Config) -> Pipeline:
     )
 
 
-class Daemon:
+class Daemon(BusIntake, Chores):
     def __init__(
         self,
         config: Config,
@@ -97,7 +94,7 @@ class Daemon:
             name: BackendHandle(account.backend(name, account.options), self.clock)
             for name, account in config.accounts.items()
         }
-        self.store: Outbox | None = None
+        self.store: Store | None = None
         # This daemon's name in a shared (PostgreSQL) store's leases, heartbeats and account locks.
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.locks: AccountLocks | None = None
@@ -204,27 +201,6 @@ class Daemon:
             worker.start()
         return worker
 
-    def accept(self, batch: Sequence[Message]) -> bool:
-        """The intake stage for one bus batch: stored in one transaction, then workers woken.
-
-        False if the storage refused the batch (full, read-only): nothing of it was stored,
-        and a bus that can redeliver (AMQP) should leave it on the broker.
-        """
-        return self.guard.run(self._store_batch, batch)
-
-    def _store_batch(self, batch: Sequence[Message]) -> None:
-        assert self.store is not None
-        if self.verifier is not None:
-            # Forged, tampered and unsigned messages stop here (or go on marked unverified).
-            batch = [message for message in batch if self.verifier.admit(message)]
-        accepted = accept_batch(self.store, self.pipeline, batch, self.clock.time())
-        for destination in accepted.deliveries:
-            self.worker(destination).notify()
-        if accepted.digests and self.digests is not None:
-            self.digests.notify()
-        if accepted.duplicates:
-            log.debug("%d (message, destination) pairs seen before, skipped", accepted.duplicates)
-
     async def reload(self) -> bool:
         """Build the new config, rules, templates and backends; swap them in only if all are valid."""
         systemd.reloading()
@@ -264,38 +240,8 @@ class Daemon:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _open_store(self) -> Outbox:
-        if self.config.state_url is not None:
-            try:
-                from fedmsg_notify.daemon_cluster import open_shared_store
-            except ImportError as exc:
-                where = self.config.state_where or Position(self.config.source, 1, 1)
-                problem = f"state: a PostgreSQL store needs psycopg: {install_hint('postgresql')} ({exc})"
-                raise ProblemsError([Problem(where, problem)]) from exc
-
-            # The shared store has the same interface (see store/postgresql.py); typed as the embedded one.
-            return cast(Outbox, open_shared_store(self.config, self.daemon_id))
-        # Reported like a config error: the fix is the `state:` setting, its file or its directory.
-        where = self.config.state_where or Position(self.config.source, 1, 1)
-        try:
-            # A damaged or foreign file is refused before anything writes to it.
-            check_state_file(self.config.state_path)
-            return Outbox(self.config.state_path)
-        except BadStateFile as exc:
-            raise ProblemsError([Problem(where, f"state: {exc}")]) from exc
-        except (OSError, sqlite3.Error) as exc:
-            raise ProblemsError([Problem(where, f"state: cannot open {self.config.state_path}: {exc}")]) from exc
-
-    def _free_space(self, reason: str) -> None:
-        """Housekeeping on a storage fault: prune finished rows, which SQLite reuses for new ones."""
-        if self.store is not None and "full" in reason:
-            # Sent rows first: their rendered text is most of the file; the dedup log stays.
-            pruned = self.store.prune(self.clock.time(), keep_sent_rows=0)
-            log.info("%s: pruned %d finished row(s) to make room", reason, pruned)
-
-    def _count_refused(self, refused: int) -> None:
-        if refused and self.store is not None:
-            self.store.add_counters({"refused.storage": refused})
+    def _open_store(self) -> Store:
+        return open_store(self.config, self.daemon_id)
 
     def _serves(self, account: str) -> bool:
         """Whether this daemon sends for ``account`` now: always, unless it is connection-bound and held elsewhere."""
@@ -360,56 +306,6 @@ class Daemon:
                 # Not fatal: the destination's worker retries the start with backoff.
                 log.error("starting backend of account %s failed: %s", handle.backend.account_name, exc)
 
-    async def _consume_all(self) -> None:
-        consumers = [self._consume()]
-        if self.amqp is not None:
-            consumers.append(self._consume_amqp(self.amqp))
-        await asyncio.gather(*consumers)
-
-    async def _consume_amqp(self, amqp: AmqpSubscriber) -> None:
-        """AMQP intake: a batch is acknowledged to the broker only after :meth:`accept` returned.
-
-        ``accept`` returning means the batch's deliveries and digest entries are committed to
-        the store; if it raises (a storage fault) the batch goes back to the broker (nack with
-        requeue) and the error propagates, so nothing unstored is ever acknowledged.
-        """
-        batch: AmqpBatch
-        async for batch in amqp.batches():
-            stored = True
-            try:
-                for start in range(0, len(batch.messages), INTAKE_SLICE):
-                    stored = self.accept(batch.messages[start : start + INTAKE_SLICE])
-                    if not stored:
-                        break
-                    await asyncio.sleep(0)
-            except BaseException:
-                await batch.nack()
-                raise
-            if stored:
-                await batch.ack()
-            else:
-                # The storage refused it (disk full, read-only): it stays on the broker, and
-                # comes back when the guard's next probe may succeed (slices already stored
-                # are recognised then as seen before).
-                await batch.nack()
-                await asyncio.sleep(self.guard.probe_every)
-
-    async def _consume(self) -> None:
-        assert self.subscriber is not None
-        async for batch in self.subscriber.batches():
-            # Store in slices, yielding between them: a 512-message burst would otherwise hold
-            # the event loop for a few hundred milliseconds while the workers wait.
-            for start in range(0, len(batch), INTAKE_SLICE):
-                while True:
-                    try:
-                        self.accept(batch[start : start + INTAKE_SLICE])
-                        break
-                    except OSError as exc:
-                        # The shared store is restarting: hold the slice (the bus buffers the rest) and retry.
-                        log.warning("storing messages failed, retrying in 0.5 s: %s", exc)
-                        await asyncio.sleep(0.5)
-                await asyncio.sleep(0)
-
     def _render_digest(self, destination: Destination, entries: Sequence[DigestEntry], total: int) -> Mapping[str, str]:
         backend = self.pipeline.backends.get(destination.account)
         if backend is None:
@@ -431,60 +327,6 @@ class Daemon:
         except Exception:
             log.exception("digest template for %s failed; sending the plain digest", destination)
             return joined_parts(backend, entries, total)
-
-    async def _watchdog(self) -> None:
-        interval = systemd.watchdog_interval()
-        if interval is None:
-            return
-        while True:
-            # Pinged from the event loop itself: a wedged loop stops the pings and systemd restarts us.
-            systemd.watchdog()
-            await asyncio.sleep(interval)
-
-    async def _housekeeping(self) -> None:
-        since_prune = 0.0
-        while True:
-            await asyncio.sleep(COUNTERS_EVERY)
-            since_prune += COUNTERS_EVERY
-            try:
-                self._save_counters()
-                if since_prune >= PRUNE_EVERY and self.store is not None:
-                    since_prune = 0.0
-                    self.store.prune(self.clock.time())
-            except Exception as exc:
-                # A full or read-only disk fails these too; they are tried again next round.
-                log.warning("housekeeping failed, trying again in %.0f s: %s", COUNTERS_EVERY, exc)
-
-    def _save_amqp_state(self) -> None:
-        """The AMQP connection's state beside the state database, for ``status`` (written atomically)."""
-        if self.amqp is None:
-            return
-        path = amqp_state_path(self.config.state_path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(self.amqp.snapshot(), sort_keys=True), encoding="utf-8")
-            tmp.replace(path)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
-
-    def _save_counters(self) -> None:
-        self._save_amqp_state()
-        if self.subscriber is None or self.store is None:
-            return
-        current = Counter(self.subscriber.malformed)
-        if self.amqp is not None:
-            current.update(self.amqp.malformed)
-        delta = current - self._saved_malformed
-        if delta:
-            self.store.add_counters({f"malformed.{reason}": n for reason, n in delta.items()})
-            self._saved_malformed = current
-            log.info("malformed messages dropped so far: %s", dict(current))
-        refused = Counter(self.verifier.rejected if self.verifier is not None else {})
-        delta = refused - self._saved_refused
-        if delta:
-            self.store.add_counters({f"signature.{reason}": n for reason, n in delta.items()})
-            self._saved_refused = refused
-            log.info("messages failing signature validation so far: %s", dict(refused))
 
     async def _shutdown(self, consumer: asyncio.Task[None], stopper: asyncio.Task[Any]) -> None:
         systemd.stopping()

@@ -1,0 +1,121 @@
+"""Intake from the buses: each batch stored in slices, one transaction each, then the workers woken.
+
+ZeroMQ batches are held and retried while a shared store reconnects; an AMQP batch is
+acknowledged to the broker only once it is stored, and goes back to it otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fedmsg_notify.backend import Destination
+from fedmsg_notify.bus.amqp import AmqpBatch, AmqpSubscriber
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.bus.signatures import Verifier
+from fedmsg_notify.bus.zeromq import Subscriber
+from fedmsg_notify.clock import Clock
+from fedmsg_notify.delivery.digest import DigestScheduler
+from fedmsg_notify.delivery.guard import IntakeGuard
+from fedmsg_notify.delivery.intake import Pipeline, accept_batch
+from fedmsg_notify.delivery.workers import DestinationWorker
+from fedmsg_notify.store.interface import Store
+
+log = logging.getLogger(__name__)
+
+# Messages routed, rendered and committed per transaction.
+INTAKE_SLICE = 64
+
+
+class BusIntake:
+    """Reads the buses into the intake stage, a slice of messages per store transaction.
+
+    Mixed into :class:`~fedmsg_notify.daemon.lifecycle.Daemon`, which sets up the
+    state declared below and starts :meth:`_consume_all` as the ``intake`` task.
+    """
+
+    store: Store | None
+    verifier: Verifier | None
+    pipeline: Pipeline
+    clock: Clock
+    digests: DigestScheduler | None
+    guard: IntakeGuard
+    subscriber: Subscriber | None
+    amqp: AmqpSubscriber | None
+
+    if TYPE_CHECKING:
+
+        def worker(self, destination: Destination) -> DestinationWorker: ...
+
+    def accept(self, batch: Sequence[Message]) -> bool:
+        """The intake stage for one bus batch: stored in one transaction, then workers woken.
+
+        False if the storage refused the batch (full, read-only): nothing of it was stored,
+        and a bus that can redeliver (AMQP) should leave it on the broker.
+        """
+        return self.guard.run(self._store_batch, batch)
+
+    def _store_batch(self, batch: Sequence[Message]) -> None:
+        assert self.store is not None
+        if self.verifier is not None:
+            # Forged, tampered and unsigned messages stop here (or go on marked unverified).
+            batch = [message for message in batch if self.verifier.admit(message)]
+        accepted = accept_batch(self.store, self.pipeline, batch, self.clock.time())
+        for destination in accepted.deliveries:
+            self.worker(destination).notify()
+        if accepted.digests and self.digests is not None:
+            self.digests.notify()
+        if accepted.duplicates:
+            log.debug("%d (message, destination) pairs seen before, skipped", accepted.duplicates)
+
+    async def _consume_all(self) -> None:
+        consumers = [self._consume()]
+        if self.amqp is not None:
+            consumers.append(self._consume_amqp(self.amqp))
+        await asyncio.gather(*consumers)
+
+    async def _consume_amqp(self, amqp: AmqpSubscriber) -> None:
+        """AMQP intake: a batch is acknowledged to the broker only after :meth:`accept` returned.
+
+        ``accept`` returning means the batch's deliveries and digest entries are committed to
+        the store; if it raises (a storage fault) the batch goes back to the broker (nack with
+        requeue) and the error propagates, so nothing unstored is ever acknowledged.
+        """
+        batch: AmqpBatch
+        async for batch in amqp.batches():
+            stored = True
+            try:
+                for start in range(0, len(batch.messages), INTAKE_SLICE):
+                    stored = self.accept(batch.messages[start : start + INTAKE_SLICE])
+                    if not stored:
+                        break
+                    await asyncio.sleep(0)
+            except BaseException:
+                await batch.nack()
+                raise
+            if stored:
+                await batch.ack()
+            else:
+                # The storage refused it (disk full, read-only): it stays on the broker, and
+                # comes back when the guard's next probe may succeed (slices already stored
+                # are recognised then as seen before).
+                await batch.nack()
+                await asyncio.sleep(self.guard.probe_every)
+
+    async def _consume(self) -> None:
+        assert self.subscriber is not None
+        async for batch in self.subscriber.batches():
+            # Store in slices, yielding between them: a 512-message burst would otherwise hold
+            # the event loop for a few hundred milliseconds while the workers wait.
+            for start in range(0, len(batch), INTAKE_SLICE):
+                while True:
+                    try:
+                        self.accept(batch[start : start + INTAKE_SLICE])
+                        break
+                    except OSError as exc:
+                        # The shared store is restarting: hold the slice (the bus buffers the rest) and retry.
+                        log.warning("storing messages failed, retrying in 0.5 s: %s", exc)
+                        await asyncio.sleep(0.5)
+                await asyncio.sleep(0)

@@ -1,0 +1,124 @@
+"""The SQLite store's digests: the groups of unflushed entries, and a flush that claims them."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from fedmsg_notify.backend import Destination
+from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps, _loads_text
+
+
+def groups(db: sqlite3.Connection) -> list[DigestGroup]:
+    rows = db.execute(
+        "SELECT account, recipient, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every, MIN(max) AS max"
+        " FROM digest_entries WHERE flushed_into IS NULL GROUP BY dest"
+    )
+    return [
+        DigestGroup(
+            destination=Destination(row["account"], row["recipient"]),
+            count=int(row["n"]),
+            first_created=float(row["first"]),
+            every=None if row["every"] is None else float(row["every"]),
+            max=None if row["max"] is None else int(row["max"]),
+        )
+        for row in rows
+    ]
+
+
+def flush_digest(
+    db: sqlite3.Connection,
+    destination: Destination,
+    limit: int | None,
+    render: Callable[[Sequence[DigestEntry], int], tuple[Mapping[str, str], str]],
+    now: float,
+    *,
+    render_cap: int = 100,
+) -> tuple[int, int] | None:
+    """Claim up to ``limit`` unflushed entries and queue their digest, atomically.
+
+    ``render(entries, total)`` gets at most ``render_cap`` entries and the true
+    count and returns (rendered parts, msg_id). ``db`` is in the caller's transaction
+    (``BEGIN IMMEDIATE``), so the claim, the rendering and the new delivery are one
+    transaction: a second flusher (another
+    task, another process) either sees the entries unclaimed or not at all, so two
+    triggers in the same instant cannot both send a digest. Returns (delivery id,
+    entries claimed), or ``None`` when there was nothing to flush.
+    """
+    rows = db.execute(
+        "SELECT * FROM digest_entries WHERE dest = ? AND flushed_into IS NULL ORDER BY id LIMIT ?",
+        (destination.key, -1 if limit is None else limit),
+    ).fetchall()
+    if not rows:
+        return None
+    entries = [_entry(row) for row in rows[:render_cap]]
+    total = len(rows)
+    rendered, msg_id = render(entries, total)
+    first = entries[0]
+    services = {row["service"] for row in rows}
+    cursor = db.execute(
+        "INSERT INTO deliveries (dest, account, recipient, kind, msg_id, rule, topic, service, rendered,"
+        " options, meta, timestamp, count, next_attempt, created)"
+        " VALUES (?,?,?,'digest',?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            destination.key,
+            destination.account,
+            destination.to,
+            msg_id,
+            first.rule,
+            first.topic if total == 1 else "",
+            services.pop() if len(services) == 1 else "various",
+            _dumps(dict(rendered)),
+            _dumps(dict(first.options)),
+            _dumps(dict(first.meta) if total == 1 else _merged_meta(rows)),
+            float(rows[-1]["timestamp"]),
+            total,
+            now,
+            now,
+        ),
+    )
+    delivery_id = cursor.lastrowid
+    assert delivery_id is not None
+    db.execute("UPDATE deliveries SET position = id WHERE id = ?", (delivery_id,))
+    db.executemany(
+        "UPDATE digest_entries SET flushed_into = ? WHERE id = ? AND flushed_into IS NULL",
+        [(delivery_id, row["id"]) for row in rows],
+    )
+    return int(delivery_id), total
+
+def _entry(row: sqlite3.Row) -> DigestEntry:
+    return DigestEntry(
+        id=int(row["id"]),
+        msg_id=row["msg_id"],
+        destination=Destination(row["account"], row["recipient"]),
+        rule=row["rule"],
+        rule_file=row["rule_file"],
+        template=row["template"],
+        options=json.loads(row["options"]),
+        topic=row["topic"],
+        service=row["service"],
+        envelope=json.loads(row["envelope"]),
+        meta=_loads_text(row["meta"]),
+        rendered=_loads_text(row["rendered"]),
+        timestamp=float(row["timestamp"]),
+        created=float(row["created"]),
+    )
+
+
+def _merged_meta(rows: Sequence[sqlite3.Row]) -> dict[str, Any]:
+    """The union of the services, usernames and packages of a digest's entries."""
+    services: dict[str, None] = {}
+    usernames: dict[str, None] = {}
+    packages: dict[str, None] = {}
+    for row in rows:
+        services.setdefault(row["service"], None)
+        meta = _loads_text(row["meta"])
+        for name in meta.get("usernames") or ():
+            if len(usernames) < MERGED_META_CAP:
+                usernames.setdefault(str(name), None)
+        for name in meta.get("packages") or ():
+            if len(packages) < MERGED_META_CAP:
+                packages.setdefault(str(name), None)
+    return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}
