@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from fedmsg_notify.config.durations import Seconds
 from fedmsg_notify.config.validation import StrictModel
 from fedmsg_notify.render.sanitize import finish_parts
 from pydantic import Field
@@ -73,6 +74,10 @@ class AccountOptions(StrictModel):
     backend: str
     rate: float | None = Field(default=None, gt=0, description="sends per second")
     burst: int | None = Field(default=None, ge=1, description="sends allowed at once")
+    # A destination that is down for long: beyond this many queued deliveries (or deliveries
+    # this old), the oldest are summarised into one counted item instead of waiting on.
+    max_backlog: int | None = Field(default=None, ge=2, description="queued deliveries per destination at most")
+    max_backlog_age: Seconds | None = Field(default=None, description="how long a delivery may wait, e.g. 6h")
 
 
 class NoOptions(StrictModel):

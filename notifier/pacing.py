@@ -31,8 +31,10 @@ class TokenBucket:
     def try_take(self) -> float:
         """Take a token if one is there (returns 0), else return how long until one is."""
         self._refill()
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        # The epsilon: a wait shorter than the clock's resolution (a float of ~1e9 seconds)
+        # would add nothing to it, and the bucket would wait for that sliver forever.
+        if self.tokens >= 1.0 - 1e-6:
+            self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
         return (1.0 - self.tokens) / self.rate
 

@@ -83,7 +83,7 @@ def test_empty_config_uses_defaults(tmp_path: Path) -> None:
         ),
         (
             "accounts:\n  out:\n    backend: console\n    colour: red\n",
-            ["config.yaml:4:5: unknown key 'colour' in accounts.out (expected one of: backend, burst, label, rate)"],
+            ["config.yaml:4:5: unknown key 'colour' in accounts.out (expected one of: backend, burst, label, max_backlog, max_backlog_age, rate)"],
         ),
         ("accounts:\n  out: {rate: 1}\n", ["config.yaml:2:8: account 'out' needs 'backend: <one of "]),
         ("state: 5\n", ["config.yaml:1:8: state: expected a valid string, got 5"]),

@@ -227,3 +227,42 @@ def test_the_records_keep_their_old_import_path() -> None:
 
     for name in ("NewDelivery", "NewDigestEntry", "DigestEntry", "DigestGroup", "Accepted", "DestinationStatus"):
         assert getattr(sqlite, name) is getattr(records, name)
+
+
+def test_max_backlog_and_max_backlog_age_summarise_the_oldest_and_count_them(store: Store) -> None:
+    """A destination down for long: past the account's limits, the oldest are merged into one counted summary."""
+    from fedmsg_notify.backends.console import ConsoleBackend
+    from fedmsg_notify.clock import FakeClock
+    from fedmsg_notify.delivery.coalesce import Coalescer
+    from fedmsg_notify.pacing import TokenBucket
+
+    fast = TokenBucket(1000.0, 1000, FakeClock(NOW))  # the pace alone would merge nothing
+    by_age = ConsoleBackend("out", ConsoleBackend.Account(backend="console", max_backlog_age="1h"))
+    store.accept([delivery(f"old{n}") for n in range(10)], now=NOW - 7200)
+    store.accept([delivery(f"new{n}") for n in range(5)], now=NOW)
+    assert Coalescer().check(store, IRC, by_age, fast, NOW) == 10
+    items = [item for item, _ in store.window(IRC, NOW, 100)]
+    assert sorted(item.count for item in items) == [1, 1, 1, 1, 1, 10]
+    assert {item.msg_id for item in items if item.count == 1} == {f"new{n}" for n in range(5)}
+
+    by_count = ConsoleBackend("out", ConsoleBackend.Account(backend="console", max_backlog=4))
+    assert Coalescer().check(store, IRC, by_count, fast, NOW) == 3  # 6 rows down to 4: the 3 oldest become one
+    items = [item for item, _ in store.window(IRC, NOW, 100)]
+    assert len(items) == 4 and sum(item.count for item in items) == 15
+    [row] = store.status(NOW)
+    assert row.coalesced == 12  # 10 by age, then 2 more messages (the first summary was counted already)
+
+
+def test_max_backlog_age_is_a_duration_and_a_wrong_one_is_refused(tmp_path: Path) -> None:
+    from fedmsg_notify.config.model import load_config
+    from fedmsg_notify.config.yaml_positions import ProblemsError
+
+    path = tmp_path / "config.yaml"
+    path.write_text("accounts:\n  out: {backend: console, max_backlog: 500, max_backlog_age: 6h}\n")
+    account = load_config(path).accounts["out"].options
+    assert (account.max_backlog, account.max_backlog_age) == (500, 21600.0)
+    path.write_text("accounts:\n  out: {backend: console, max_backlog_age: soon}\n")
+    with pytest.raises(ProblemsError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem.position.line == 2 and "max_backlog_age" in str(problem) and "30m, 1h or 1d" in str(problem)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fedmsg_notify.clock import FakeClock
 from fedmsg_notify.pacing import TokenBucket
@@ -41,3 +43,13 @@ def test_per_horizon_and_bad_pace() -> None:
     assert TokenBucket(rate=0.5, burst=4, clock=FakeClock()).per(60.0) == 34
     with pytest.raises(ValueError, match="rate=0"):
         TokenBucket(rate=0, burst=1)
+
+
+async def test_take_never_waits_for_a_sliver_below_the_clocks_resolution() -> None:
+    """At a timestamp near 1e9 a float cannot add a 1e-14 s wait: the bucket must not wait for it forever."""
+    clock = FakeClock(1_764_000_000.123)
+    bucket = TokenBucket(rate=3.0, burst=1, clock=clock)
+    for _ in range(3000):
+        await asyncio.wait_for(bucket.take(), 5)
+    # 3000 sends at 3/s: about 1000 s of (fake) time went by, not more and not less.
+    assert 990 <= clock.time() - 1_764_000_000.123 <= 1001

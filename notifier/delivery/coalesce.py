@@ -4,6 +4,11 @@ When a destination has more queued deliveries than its token bucket allows withi
 ``horizon`` seconds, the oldest are merged by the backend's ``summarise`` into one
 summary delivery ("bodhi: 37 more updates pushed to stable"). The merged rows stay in
 the store as ``coalesced`` with a pointer to their summary, and ``status`` counts them.
+
+An account's ``max_backlog`` (a count) and ``max_backlog_age`` (seconds) bound what a
+destination that is down for hours keeps waiting: beyond them the oldest are summarised
+the same way, also while the worker is paused between retries, so the backlog on disk
+stops growing and what is finally sent stays readable.
 """
 
 from __future__ import annotations
@@ -29,11 +34,38 @@ class Coalescer:
     chunk: int = 2000
 
     def check(self, store: Store, destination: Destination, backend: Backend, bucket: TokenBucket, now: float) -> int:
-        """Merge until the backlog fits the horizon; return how many rows were merged."""
+        """Merge until the backlog fits the horizon and the account's limits; return how many rows were merged."""
         threshold = max(2, bucket.per(self.horizon))
+        cap = getattr(backend.account, "max_backlog", None)
+        if cap is not None:
+            threshold = min(threshold, int(cap))
+        merged = self._merge(store, destination, backend, now, lambda: store.pending_count(destination) - threshold + 1)
+        if merged:
+            log.info(
+                "%s: backlog over %d deliveries (%.0f s at its pace%s): merged %d into summaries",
+                destination,
+                threshold,
+                self.horizon,
+                "" if cap is None else f", max_backlog {cap}",
+                merged,
+            )
+        age = getattr(backend.account, "max_backlog_age", None)
+        if age is not None:
+            cutoff = now - float(age)
+            old = self._merge(
+                store, destination, backend, now, lambda: store.pending_count(destination, created_before=cutoff)
+            )
+            if old:
+                log.warning("%s: %d deliveries waited over %.0f s (max_backlog_age): summarised", destination, old, age)
+            merged += old
+        return merged
+
+    def _merge(
+        self, store: Store, destination: Destination, backend: Backend, now: float, excess: Callable[[], int]
+    ) -> int:
+        """Merge the oldest rows, a chunk per transaction, while ``excess()`` says at least 2 are too many."""
         merged = 0
-        while (pending := store.pending_count(destination)) > threshold:
-            take = min(pending - threshold + 1, self.chunk)
+        while (take := min(excess(), self.chunk)) >= 2:
             try:
                 summary = store.coalesce(destination, take, safe_summariser(backend), now)
             except Exception:
@@ -43,14 +75,6 @@ class Coalescer:
             if summary is None:
                 break
             merged += take
-        if merged:
-            log.info(
-                "%s: backlog over %d deliveries (%.0f s at its pace): merged %d into summaries",
-                destination,
-                threshold,
-                self.horizon,
-                merged,
-            )
         return merged
 
 

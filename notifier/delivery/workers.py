@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 WINDOW_SECONDS = 5.0
 # How often an outcome the storage refused to record (disk full) is tried again.
 RECORD_RETRY = 1.0
+# While a destination is paused after a failure, how often its backlog limits are applied.
+BACKLOG_CHECK = 10.0
 
 
 class BackendHandle:
@@ -146,8 +148,13 @@ class DestinationWorker:
             now = self.clock.time()
             if now < self.paused_until:
                 # The server failed temporarily: send nothing to it until the retry is due,
-                # rather than hammering it with the rest of the queue.
-                await self.clock.wait(self.stopped, self.paused_until - now)
+                # rather than hammering it with the rest of the queue. An account with a
+                # backlog limit has it applied meanwhile, every BACKLOG_CHECK seconds.
+                pause = self.paused_until - now
+                if self._backlog_limited():
+                    self._apply_backlog_limits(now)
+                    pause = min(pause, BACKLOG_CHECK)
+                await self.clock.wait(self.stopped, pause)
                 continue
             self.wake.clear()
             handle = self.handles(self.destination.account)
@@ -194,6 +201,18 @@ class DestinationWorker:
                     # Saves two or three queries per wakeup, i.e. per delivery when messages trickle in.
                     due = self._next_due()
                     await self.clock.wait(self.wake, None if due is None else due - self.clock.time())
+
+    def _backlog_limited(self) -> bool:
+        handle = self.handles(self.destination.account)
+        if handle is None or self.coalescer is None:
+            return False
+        account = handle.backend.account
+        return any(getattr(account, key, None) is not None for key in ("max_backlog", "max_backlog_age"))
+
+    def _apply_backlog_limits(self, now: float) -> None:
+        handle = self.handles(self.destination.account)
+        if handle is not None and self.coalescer is not None:
+            self.coalescer.check(self.store, self.destination, handle.backend, handle.bucket, now)
 
     def _next_due(self) -> float | None:
         """When the earliest queued row may be sent; ``None``: nothing queued (no query if none can be)."""

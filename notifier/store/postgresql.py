@@ -300,10 +300,12 @@ class Outbox:
         )
         return None if row is None or row["due"] is None else float(row["due"])
 
-    def pending_count(self, destination: Destination) -> int:
+    def pending_count(self, destination: Destination, *, created_before: float | None = None) -> int:
+        before = float("inf") if created_before is None else created_before
         row = self._call(
             lambda db: db.execute(
-                "SELECT COUNT(*) AS n FROM deliveries WHERE dest = %s AND state = 'queued'", (destination.key,)
+                "SELECT COUNT(*) AS n FROM deliveries WHERE dest = %s AND state = 'queued' AND created < %s",
+                (destination.key, before),
             ).fetchone()
         )
         return int(row["n"]) if row else 0

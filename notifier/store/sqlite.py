@@ -264,10 +264,16 @@ class Outbox:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def pending_count(self, destination: Destination) -> int:
-        row = self.db.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE dest = ? AND state = 'queued'", (destination.key,)
-        ).fetchone()
+    def pending_count(self, destination: Destination, *, created_before: float | None = None) -> int:
+        if created_before is None:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE dest = ? AND state = 'queued'", (destination.key,)
+            ).fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE dest = ? AND state = 'queued' AND created < ?",
+                (destination.key, created_before),
+            ).fetchone()
         return int(row[0])
 
     def mark_sent(self, item: Item, now: float) -> None:
