@@ -109,7 +109,11 @@ def measure(path: Path, engine: MetaEngine, show: int) -> dict[str, Any]:
         "broken_links": len(broken_links),
         "fallbacks": engine.fallback_counts(),
         "us_per_message": elapsed / count * 1e6 if count else 0.0,
-        "examples": {"broken_sentences": broken_sentences[:show], "broken_links": broken_links[:show], "misses": misses[:show]},
+        "examples": {
+            "broken_sentences": broken_sentences[:show],
+            "broken_links": broken_links[:show],
+            "misses": misses[:show],
+        },
     }
 
 

@@ -335,12 +335,15 @@ class MetaEngine:
     def _run(self, service: CompiledService, expr: CompiledExpr, ctx: dict[str, Any]) -> tuple[bool, Any]:
         """Evaluate one expression: (True, value), or (False, None) when it fails.
 
-        A value of the wrong shape in a slot (:class:`SlotError`) is what messages do and is
-        only counted; any other error is a bug in the file, logged once per (file, field).
+        A value of the wrong shape (:class:`SlotError` for a slot; a type, attribute, key or
+        value error when an operation meets a mapping, list or None it did not expect) is
+        what messages do and is only counted; any other error (the sandbox refusing an
+        operation, arithmetic) is a bug in the file, logged once per (file, field).
         """
         try:
             return True, expr.run(**ctx)
-        except SlotError:
+        except _SHAPE_ERRORS as exc:
+            log.debug("%s: %s of service %s: %s", expr.where, expr.name, service.names[0], exc)
             return False, None
         except Exception as exc:
             key = (str(expr.where), expr.name)
@@ -356,6 +359,11 @@ class MetaEngine:
                     exc,
                 )
             return False, None
+
+
+# Errors that mean "the message is not shaped as this expression expects"; SecurityError
+# (a sandbox refusal) is deliberately not among them.
+_SHAPE_ERRORS = (SlotError, TypeError, AttributeError, LookupError)
 
 
 class _Marker:
