@@ -138,7 +138,12 @@ def test_metadata_speed_is_reported(engine: MetaEngine, samples: list[dict[str, 
         ("org.fedoraproject.prod.mystery.crawler.start", {}, "mystery crawler started", None),
         ("org.fedoraproject.prod.mystery.frobnicate", {"owner": "kevin"}, "kevin: mystery frobnicate", "kevin"),
         ("org.fedoraproject.prod.mystery.frobnicate", ["not", "a", "dict"], "new mystery frobnicate message", None),
-        ("org.fedoraproject.prod.mystery.thing.delete", {"username": "x@example.com"}, "mystery thing was deleted", None),
+        (
+            "org.fedoraproject.prod.mystery.thing.delete",
+            {"username": "x@example.com"},
+            "mystery thing was deleted",
+            None,
+        ),
     ],
 )
 def test_unknown_service_gets_a_generic_sentence(

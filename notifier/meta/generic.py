@@ -68,6 +68,25 @@ for _words, _forms in (
     ("running", ("ran", "is running")),
     ("success", ("completed", "succeeded")),
     ("error", ("failed", "failed")),
+    ("rename renamed", ("renamed", "was renamed")),
+    ("move moved", ("moved", "was moved")),
+    ("cancel canceled cancelled abort", ("cancelled", "was cancelled")),
+    ("assign assigned", ("assigned", "was assigned")),
+    ("flag flagged", ("flagged", "was flagged")),
+    ("submit submitted", ("submitted", "was submitted")),
+    ("expire expired", ("expired", "expired")),
+    ("fork forked", ("forked", "was forked")),
+    ("import imported", ("imported", "was imported")),
+    ("release released", ("released", "was released")),
+    ("report reported", ("reported", "was reported")),
+    ("sync synced", ("synced", "was synced")),
+    ("block blocked", ("blocked", "was blocked")),
+    ("unblock unblocked", ("unblocked", "was unblocked")),
+    ("deploy deployed", ("deployed", "was deployed")),
+    ("restart restarted", ("restarted", "was restarted")),
+    ("join joined", ("joined", "was joined")),
+    ("pass passed", ("passed", "passed")),
+    ("karma", ("gave karma to", "got karma")),
 ):
     for _word in _words.split():
         _VERBS[_word] = _forms
@@ -192,8 +211,9 @@ def _object_name(body: Any, words: list[str]) -> str | None:
     for value in candidates:
         if isinstance(value, str) and is_scalar(value):
             text = " ".join(value.split())
-            if len(text) <= 60 and not any(ch in text for ch in "{}[]") and text.lower() not in ("none", "null"):
-                return text
+            if len(text) <= 60 and not any(ch in text for ch in '{}[]"') and text.lower() not in ("none", "null"):
+                # A title with spaces is quoted so it reads as a name, not as part of the sentence.
+                return f'"{text}"' if " " in text else text
     return None
 
 
