@@ -9,10 +9,11 @@ off the firehose. Two deliberate exceptions: a conditional operand
 (``(" for " ~ x if x else "")``) may be empty, the author chose that; and a nested
 ``~`` is checked where it is built.
 
-A ``~`` chain is a *URL* when one of its literal parts holds ``://`` or starts a path,
-query or fragment (``"/buildinfo?buildID="``); its slots are then percent-encoded (path
-rules before the ``?``, query rules after), so a space-separated bodhi title or a wiki
-page named ``What?`` still makes a working link.
+A ``~`` chain is a *URL* when its first piece, evaluated, starts with ``http://`` or
+``https://`` (``koji ~ "/buildinfo?buildID=" ~ id``); its slots are then percent-encoded
+(path rules before a ``?``, query rules after), so a space-separated bodhi title or a
+wiki page named ``What?`` still makes a working link, while a sentence that mentions
+``rpms/foo`` is left alone.
 
 Other differences from a stock sandbox: dict keys win over dict methods (``body.update``
 is the key), undefined names chain (``body.a.b.c`` is simply undefined), and the text
@@ -68,42 +69,58 @@ _PATH_SAFE = ":/@!$&'()*+,;=%~"
 _QUERY_SAFE = ":/@!$'()*+,;%~"
 
 
-def url_slot(value: Any, lenient: bool = False, query: bool = False) -> Any:
-    """A slot of a URL: checked like :func:`slot`, then percent-encoded for where it stands."""
-    value = slot(value, lenient)
-    if lenient or not isinstance(value, str):
-        return value  # a conditional part is built (and encoded) by its own ``~``; numbers need nothing
-    text = value.strip()
-    if text.startswith(("http://", "https://")):
+def _encode(text: str, *, whole: bool, query: bool) -> str:
+    text = text.strip()
+    if whole:
         return quote(text, safe=_URL_SAFE)
     return quote(text, safe=_QUERY_SAFE if query else _PATH_SAFE)
 
 
-def _is_url_literal(text: str) -> bool:
-    return "://" in text or (text[:1] in ("/", "?", "#") and " " not in text)
+# Kinds of ``~`` operands, decided at compile time (see _SlotCodeGenerator).
+LITERAL, STRICT, CONDITIONAL, NESTED = "L", "S", "C", "N"
+
+
+def concat_slots(pieces: tuple[Any, ...], kinds: str) -> str:
+    """``a ~ b ~ c`` with typed slots; a chain whose first piece is an http(s) URL is built as a URL.
+
+    In a URL every strict slot is percent-encoded for where it stands: the first piece as
+    a whole URL, later ones as path segments until a literal ``?`` or ``#``, then as query
+    values. Literal and conditional parts are the author's and stay as written.
+    """
+    texts = [
+        str(slot(value, kind == CONDITIONAL) if kind in (STRICT, CONDITIONAL) else value)
+        for value, kind in zip(pieces, kinds, strict=True)
+    ]
+    if not texts or not texts[0].lstrip().startswith(("http://", "https://")):
+        return "".join(texts)
+    out: list[str] = []
+    query = False
+    for index, (text, kind) in enumerate(zip(texts, kinds, strict=True)):
+        piece = _encode(text, whole=index == 0, query=query) if kind == STRICT else text
+        out.append(piece)
+        query = query or "?" in piece or "#" in piece
+    return "".join(out)
 
 
 class _SlotCodeGenerator(CodeGenerator):
-    """Compiles every non-literal operand of ``~`` through :func:`slot` or :func:`url_slot`."""
+    """Compiles every ``~`` chain to :func:`concat_slots`, with each operand's kind."""
 
     @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        literals = [n.value for n in node.nodes if isinstance(n, nodes.Const) and isinstance(n.value, str)]
-        is_url = any(_is_url_literal(text) for text in literals)
-        query = False
-        self.write("str_join((")
+        kinds = "".join(_kind(arg) for arg in node.nodes)
+        self.write("environment.concat_slots((")
         for arg in node.nodes:
-            if isinstance(arg, (nodes.Const, nodes.Concat)):
-                self.visit(arg, frame)
-                if isinstance(arg, nodes.Const) and isinstance(arg.value, str) and "?" in arg.value:
-                    query = True
-            else:
-                lenient = isinstance(arg, nodes.CondExpr)
-                self.write("environment.url_slot(" if is_url else "environment.slot(")
-                self.visit(arg, frame)
-                self.write(f", {lenient}, {query})" if is_url else f", {lenient})")
+            self.visit(arg, frame)
             self.write(", ")
-        self.write("))")
+        self.write(f"), {kinds!r})")
+
+
+def _kind(node: nodes.Node) -> str:
+    if isinstance(node, nodes.Const):
+        return LITERAL
+    if isinstance(node, nodes.Concat):
+        return NESTED
+    return CONDITIONAL if isinstance(node, nodes.CondExpr) else STRICT
 
 
 def _text_filter(transform: Callable[[str], str]) -> Callable[..., str]:
@@ -156,8 +173,7 @@ class MetaEnvironment(SandboxedEnvironment):
     """
 
     code_generator_class = _SlotCodeGenerator
-    slot = staticmethod(slot)
-    url_slot = staticmethod(url_slot)
+    concat_slots = staticmethod(concat_slots)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict:
