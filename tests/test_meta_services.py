@@ -290,6 +290,42 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"title": "Packaging 101", "link": "http://college.example.org/packaging-101", "type_content": "lecture", "user_id": "hammad"},
         {'subtitle': 'hammad added the lecture "Packaging 101" to Fedora College', 'link': 'http://college.example.org/packaging-101', 'usernames': ('hammad',), 'packages': ()},
     ),
+    (
+        'tagger object package',
+        'org.fedoraproject.prod.fedoratagger.tag.create',
+        {"tag": {"tag": "roguelike", "package": {"name": "nethack", "icon": "https://apps.fedoraproject.org/packages/images/icons/nethack.png"}}, "user": {"username": "ralph"}},
+        {'subtitle': 'ralph added the tag "roguelike" to nethack', 'link': 'https://apps.fedoraproject.org/tagger/nethack', 'usernames': ('ralph',), 'packages': ('nethack',)},
+    ),
+    (
+        'tagger name package',
+        'org.fedoraproject.prod.fedoratagger.tag.create',
+        {"tag": {"tag": "roguelike", "package": "nethack"}, "user": {"username": "ralph"}},
+        {'subtitle': 'ralph added the tag "roguelike" to nethack', 'link': 'https://apps.fedoraproject.org/tagger/nethack', 'usernames': ('ralph',), 'packages': ('nethack',)},
+    ),
+    (
+        'openqa job done',
+        'org.fedoraproject.prod.openqa.job.done',
+        {"id": 71262, "TEST": "install_default", "FLAVOR": "Server-dvd-iso", "ARCH": "x86_64", "BUILD": "Fedora-Rawhide-20170207.n.0", "result": "passed"},
+        {'subtitle': 'openQA job install_default #71262 (Server-dvd-iso, x86_64) for Fedora-Rawhide-20170207.n.0 finished: passed', 'link': 'https://openqa.fedoraproject.org/tests/71262', 'usernames': (), 'packages': ()},
+    ),
+    (
+        'openqa restart',
+        'org.fedoraproject.prod.openqa.job.restart',
+        {"id": 71262, "result": {"71262": 71300}, "auto": 0},
+        {'subtitle': 'openQA job #71262 restarted', 'link': 'https://openqa.fedoraproject.org/tests/71262', 'usernames': (), 'packages': ()},
+    ),
+    (
+        'openqa comment',
+        'org.fedoraproject.prod.openqa.comment.create',
+        {"id": 5, "job_id": 71262, "user": "adamwill", "text": "known bug"},
+        {'subtitle': 'adamwill commented on openQA job #71262', 'link': 'https://openqa.fedoraproject.org/tests/71262', 'usernames': ('adamwill',), 'packages': ()},
+    ),
+    (
+        'autocloud compose without id',
+        'org.fedoraproject.prod.autocloud.compose.queued',
+        {"compose_job_id": 37, "status": "queued"},
+        {'subtitle': 'autocloud tests of a compose queued', 'link': 'https://apps.fedoraproject.org/autocloud/jobs/37', 'usernames': (), 'packages': ()},
+    ),
 ]  # fmt: skip
 
 
