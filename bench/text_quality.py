@@ -6,6 +6,12 @@ FILE holds one JSON object per line: ``{"message": <fedmsg envelope>, "expect": 
 ..., "usernames": [...], "packages": [...]}}`` (any of the three may be missing; ``id`` is
 optional). Default: the shared sample file, else the bundled ``notifier/data/samples.jsonl``.
 
+With ``--variants``, each message is also computed in deterministic variants where one
+body value (every top-level one, and an even spread of deeper ones) is replaced by a
+mapping, a list, ``None``, ``""`` or a long string: the broken sentences and links among
+them, and the fallbacks they cause, show how the service files cope with shapes they
+were not written for.
+
 Prints link accuracy (exact match over messages with an expected link), usernames and
 packages F1 (micro-averaged over messages with that expectation, and the share of
 messages whose set matches exactly), the number of broken sentences (what
@@ -16,6 +22,7 @@ not a valid absolute http(s) URL), and the engine's fallbacks by service and fie
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -63,6 +70,74 @@ class _SetScore:
         return 2 * precision * recall / (precision + recall)
 
 
+_REPLACEMENTS: list[Any] = [{"username": "ralph", "name": "nethack"}, ["ralph", {"name": "x"}], None, "", "z" * 400]
+_DEEP_PER_MESSAGE = 12
+
+
+def _positions(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    items = (
+        list(value.items())
+        if isinstance(value, dict)
+        else list(enumerate(value))[:5]
+        if isinstance(value, list)
+        else []
+    )
+    out: list[tuple[Any, ...]] = []
+    for key, child in items:
+        out.append((*prefix, key))
+        out.extend(_positions(child, (*prefix, key)))
+    return out
+
+
+def variants(envelope: dict[str, Any]) -> list[dict[str, Any]]:
+    """The envelope with one body value replaced by each odd shape, at deterministic positions."""
+    body = envelope.get("msg")
+    every = _positions(body)
+    deep = [p for p in every if len(p) > 1]
+    chosen = [p for p in every if len(p) == 1] + deep[:: max(1, len(deep) // _DEEP_PER_MESSAGE)][:_DEEP_PER_MESSAGE]
+    out = []
+    for position in chosen:
+        for value in _REPLACEMENTS:
+            copied = copy.deepcopy(body)
+            node = copied
+            for key in position[:-1]:
+                node = node[key]
+            node[position[-1]] = copy.deepcopy(value)
+            out.append({**envelope, "msg": copied})
+    return out
+
+
+def measure_variants(path: Path, engine: MetaEngine, show: int) -> dict[str, Any]:
+    broken_sentences: list[str] = []
+    broken_links: list[str] = []
+    count = 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        sample = json.loads(line)
+        sample_id = str(sample.get("id") or f"{path.name}:{number}")
+        for variant in variants(sample["message"]):
+            meta = engine.compute(_message(variant, sample_id))
+            count += 1
+            problem = sentence_problem(meta.subtitle)
+            if problem:
+                broken_sentences.append(f"{sample_id}: {problem}: {meta.subtitle[:120]!r}")
+            if meta.link is not None and not valid_link(meta.link):
+                broken_links.append(f"{sample_id}: {meta.link[:120]!r}")
+    return {
+        "variants": count,
+        "broken_sentences": len(broken_sentences),
+        "broken_links": len(broken_links),
+        "fallbacks": _fallbacks(engine),
+        "examples": {"broken_sentences": broken_sentences[:show], "broken_links": broken_links[:show]},
+    }
+
+
+def _fallbacks(engine: MetaEngine) -> dict[str, dict[str, int]]:
+    counts = getattr(engine, "fallback_counts", None)  # engines before fallback counting have none
+    return counts() if callable(counts) else {}
+
+
 def measure(path: Path, engine: MetaEngine, show: int) -> dict[str, Any]:
     link_good = link_total = 0
     users, packages = _SetScore(), _SetScore()
@@ -107,7 +182,7 @@ def measure(path: Path, engine: MetaEngine, show: int) -> dict[str, Any]:
         "packages_exact": packages.exact / packages.total if packages.total else None,
         "broken_sentences": len(broken_sentences),
         "broken_links": len(broken_links),
-        "fallbacks": engine.fallback_counts(),
+        "fallbacks": _fallbacks(engine),
         "us_per_message": elapsed / count * 1e6 if count else 0.0,
         "examples": {
             "broken_sentences": broken_sentences[:show],
@@ -127,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", type=Path, action="append", default=[], help="extra service-file directory")
     parser.add_argument("--show", type=int, default=10, help="examples of each problem to print")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--variants", action="store_true", help="also measure odd-shaped variants of each message")
     args = parser.parse_args(argv)
     path = args.file or (SHARED_SAMPLES if SHARED_SAMPLES.exists() else BUNDLED_SAMPLES)
     result = measure(path, MetaEngine(args.services), args.show)
+    if args.variants:
+        result["variants"] = measure_variants(path, MetaEngine(args.services), args.show)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
@@ -142,12 +220,25 @@ def main(argv: list[str] | None = None) -> int:
     print("  fallbacks by service:")
     for service, fields in result["fallbacks"].items():
         print(f"    {service:20s} " + ", ".join(f"{name} {count}" for name, count in fields.items()))
-    for kind, lines in result["examples"].items():
+    _print_examples(result["examples"])
+    if args.variants:
+        shaped = result["variants"]
+        print(f"{shaped['variants']} odd-shaped variants")
+        print(f"  broken sentences {shaped['broken_sentences']}")
+        print(f"  broken links     {shaped['broken_links']}")
+        print("  fallbacks by service:")
+        for service, fields in shaped["fallbacks"].items():
+            print(f"    {service:20s} " + ", ".join(f"{name} {count}" for name, count in fields.items()))
+        _print_examples(shaped["examples"])
+    return 0
+
+
+def _print_examples(examples: dict[str, list[str]]) -> None:
+    for kind, lines in examples.items():
         if lines:
             print(f"  {kind.replace('_', ' ')}:")
             for line in lines:
                 print(f"    {line}")
-    return 0
 
 
 if __name__ == "__main__":
