@@ -326,6 +326,48 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"compose_job_id": 37, "status": "queued"},
         {'subtitle': 'autocloud tests of a compose queued', 'link': 'https://apps.fedoraproject.org/autocloud/jobs/37', 'usernames': (), 'packages': ()},
     ),
+    (
+        'pagure 3 push',
+        'io.pagure.prod.pagure.git.receive',
+        {"agent": "pingou", "repo": {"name": "pagure", "fullname": "pagure", "url_path": "pagure"}, "branch": "refs/heads/master", "start_commit": "a1", "end_commit": "b2", "total_commits": 3, "authors": [{"name": "pingou", "fullname": "Pierre-Yves Chibon"}, {"name": "ralph"}], "forced": False},
+        {'subtitle': 'pingou pushed 3 commits to pagure (master)', 'link': 'https://pagure.io/pagure/c/b2', 'usernames': ('pingou', 'ralph'), 'packages': ()},
+    ),
+    (
+        'pagure branch',
+        'io.pagure.prod.pagure.git.branch.creation',
+        {"agent": "pingou", "repo": {"name": "pagure", "fullname": "pagure", "url_path": "pagure"}, "branch": "feature", "rev": "b2"},
+        {'subtitle': 'pingou created the branch feature of pagure', 'link': 'https://pagure.io/pagure/tree/feature', 'usernames': ('pingou',), 'packages': ()},
+    ),
+    (
+        'pagure fork',
+        'io.pagure.prod.pagure.project.forked',
+        {"agent": "ralph", "project": {"name": "pagure", "fullname": "forks/ralph/pagure", "url_path": "fork/ralph/pagure", "parent": {"name": "pagure", "fullname": "pagure"}}},
+        {'subtitle': 'ralph forked pagure to forks/ralph/pagure', 'link': 'https://pagure.io/fork/ralph/pagure', 'usernames': ('ralph',), 'packages': ()},
+    ),
+    (
+        'resultsdb 2',
+        'org.fedoraproject.prod.resultsdb.result.new',
+        {"task": {"item": "python-foo-1.0-1.fc26", "type": "koji_build", "name": "dist.rpmdeplint"}, "result": {"id": 123, "outcome": "PASSED", "ref_url": "https://taskotron.fedoraproject.org/artifacts/all/x/"}},
+        {'subtitle': 'resultsdb: dist.rpmdeplint passed for python-foo-1.0-1.fc26', 'link': 'https://taskotron.fedoraproject.org/artifacts/all/x/', 'usernames': (), 'packages': ('python-foo',)},
+    ),
+    (
+        'resultsdb 1',
+        'org.fedoraproject.prod.resultsdb.result.new',
+        {"result": {"id": 123, "outcome": "FAILED", "testcase": {"name": "dist.rpmlint", "ref_url": "https://x.example.org/"}, "data": {"item": ["python-foo-1.0-1.fc26"], "type": ["koji_build"]}, "ref_url": "https://taskotron.fedoraproject.org/artifacts/all/y/"}},
+        {'subtitle': 'resultsdb: dist.rpmlint failed for python-foo-1.0-1.fc26', 'link': 'https://taskotron.fedoraproject.org/artifacts/all/y/', 'usernames': (), 'packages': ('python-foo',)},
+    ),
+    (
+        'announce',
+        'org.fedoraproject.prod.announce.announcement',
+        {"agent": "ralph", "message": "Datagrepper will be down for maintenance", "link": "https://status.fedoraproject.org/"},
+        {'subtitle': 'ralph announced: Datagrepper will be down for maintenance', 'link': 'https://status.fedoraproject.org/', 'usernames': ('ralph',), 'packages': ()},
+    ),
+    (
+        'dist-git pagure pr',
+        'org.fedoraproject.prod.pagure.pull-request.new',
+        {"agent": "ralph", "pullrequest": {"id": 4, "title": "Update to 1.1", "project": {"name": "guake", "namespace": "rpms", "fullname": "rpms/guake", "url_path": "rpms/guake"}, "user": {"name": "ralph"}}},
+        {'subtitle': 'ralph opened pull request #4 on rpms/guake: Update to 1.1', 'link': 'https://src.fedoraproject.org/rpms/guake/pull-request/4', 'usernames': ('ralph',), 'packages': ('guake',)},
+    ),
 ]  # fmt: skip
 
 
