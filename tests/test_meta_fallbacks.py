@@ -110,3 +110,15 @@ def test_a_home_page_that_is_not_a_url_is_a_problem(tmp_path: Path) -> None:
     path.write_text("service: bad\nhome: widgets.example.org\n", encoding="utf-8")
     problems = [str(p) for p in MetaEngine([tmp_path], strict=False).check()]
     assert problems == [f"{path}:2:7: home: must be an absolute http(s) URL"]
+
+
+def test_only_chains_that_start_with_a_url_are_encoded() -> None:
+    """A sentence that mentions `rpms/foo` keeps its spaces; the link built beside it is encoded."""
+    meta = MetaEngine().compute(
+        make(
+            "org.fedoraproject.prod.git.receive",
+            {"commit": {"repo": "guake", "branch": "f40", "rev": "abc", "summary": "Fix the build", "username": "ralph"}},
+        )
+    )
+    assert meta.subtitle == "ralph pushed to rpms/guake (f40): Fix the build"
+    assert meta.link == "https://src.fedoraproject.org/rpms/guake/c/abc?branch=f40"
