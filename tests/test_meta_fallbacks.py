@@ -122,3 +122,15 @@ def test_only_chains_that_start_with_a_url_are_encoded() -> None:
     )
     assert meta.subtitle == "ralph pushed to rpms/guake (f40): Fix the build"
     assert meta.link == "https://src.fedoraproject.org/rpms/guake/c/abc?branch=f40"
+
+
+def test_a_mapping_where_a_list_of_names_belongs_gives_no_names() -> None:
+    """`{"username": "ralph"}` in place of a package list is neither two packages nor "username and name"."""
+    meta = MetaEngine().compute(
+        make(
+            "org.fedoraproject.prod.git.pkgdb2branch.complete",
+            {"agent": "limburgher", "branchedPackages": [], "unbranchedPackages": {"username": "ralph", "name": "x"}},
+        )
+    )
+    assert meta.packages == ()
+    assert "username" not in meta.subtitle and "{" not in meta.subtitle

@@ -20,6 +20,10 @@ _NVR = re.compile(r"^(?P<name>.+)-(?P<version>[^-]+)-(?P<release>[^-]+)$")
 _RPM_FILE = re.compile(r"\.(?:src|noarch|x86_64|i[3-6]86|aarch64|armv7hl|ppc64le|ppc64|s390x)(?:\.rpm)?$")
 
 
+class SlotError(ValueError):
+    """A value that cannot stand in a sentence or a URL (a mapping, list, None or empty string)."""
+
+
 def is_scalar(value: Any) -> bool:
     """A value that reads well in a sentence or a URL: a non-empty string or a number (not a bool)."""
     if isinstance(value, str):
@@ -63,14 +67,18 @@ _FLATTEN_ITEMS = 10_000
 
 
 def _flatten(value: Any) -> list[Any]:
-    """Leaves of nested lists (a mapping contributes its keys), iteratively and bounded."""
+    """Leaves of nested lists, iteratively and bounded.
+
+    A mapping is a leaf, not a list of its keys: ``{"username": "ralph"}`` where a list of
+    names belongs must not become the names "username"; :func:`names` then drops it.
+    """
     out: list[Any] = []
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack and len(out) < _FLATTEN_ITEMS:
         item, depth = stack.pop()
         if item is None or isinstance(item, Undefined):
             continue
-        if isinstance(item, (str, bytes)) or not isinstance(item, Iterable):
+        if isinstance(item, (str, bytes, dict)) or not isinstance(item, Iterable):
             out.append(item)
         elif depth < _FLATTEN_DEPTH:
             children = list(item)[:_FLATTEN_ITEMS]
@@ -119,7 +127,12 @@ def shorten(value: Any, length: int = 60) -> str:
 
 
 def commas(items: Any) -> str:
-    """``a``, ``a and b``, ``a, b and c``: lists read as English in sentences (scalars only)."""
+    """``a``, ``a and b``, ``a, b and c``: lists read as English in sentences (scalars only).
+
+    A mapping where a list belongs is a shape error (:class:`SlotError`), not its keys.
+    """
+    if isinstance(items, dict):
+        raise SlotError("commas of a mapping")
     values = [" ".join(str(item).split()) for item in compact(items) if is_scalar(item)]
     if len(values) <= 1:
         return "".join(values)

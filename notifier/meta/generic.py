@@ -51,7 +51,7 @@ for _words, _forms in (
     ("fail failed", ("failed", "failed")),
     ("publish published", ("published", "was published")),
     ("upload uploaded", ("uploaded", "was uploaded")),
-    ("receive", ("pushed to", "received a push")),
+    ("receive", ("pushed to", "received a message")),
     ("push", ("pushed", "was pushed")),
     ("tag", ("tagged", "was tagged")),
     ("untag", ("untagged", "was untagged")),

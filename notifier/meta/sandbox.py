@@ -28,15 +28,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from fedmsg_notify.meta.filters import FILTERS, fas_user, names, nvr_name, startingwith
+from fedmsg_notify.meta.filters import FILTERS, SlotError, fas_user, names, nvr_name, startingwith
 from fedmsg_notify.meta.generic import generic_agent, generic_link, generic_packages, generic_usernames
 from jinja2 import ChainableUndefined, Template, Undefined, nodes
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.sandbox import SandboxedEnvironment
 
-
-class SlotError(ValueError):
-    """A value that cannot stand in a sentence or a URL (a mapping, list, None or empty string)."""
+__all__ = ["SlotError", "concat_slots", "make_environment", "slot"]
 
 
 def _looks_like_repr(text: str) -> bool:
