@@ -368,6 +368,18 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"agent": "ralph", "pullrequest": {"id": 4, "title": "Update to 1.1", "project": {"name": "guake", "namespace": "rpms", "fullname": "rpms/guake", "url_path": "rpms/guake"}, "user": {"name": "ralph"}}},
         {'subtitle': 'ralph opened pull request #4 on rpms/guake: Update to 1.1', 'link': 'https://src.fedoraproject.org/rpms/guake/pull-request/4', 'usernames': ('ralph',), 'packages': ('guake',)},
     ),
+    (
+        'bugzilla 2019 objects',
+        'org.fedoraproject.prod.bugzilla.bug.update',
+        {"bug": {"id": 1700000, "summary": "guake crashes", "component": {"name": "guake", "id": 5}, "product": {"name": "Fedora"}, "assigned_to": {"login": "pingou@fedoraproject.org"}}, "event": {"user": {"login": "ralph@fedoraproject.org", "real_name": "Ralph Bean"}, "action": "modify"}},
+        {'subtitle': 'Ralph Bean updated RHBZ#1700000 (guake): guake crashes', 'link': 'https://bugzilla.redhat.com/show_bug.cgi?id=1700000', 'usernames': ('ralph',), 'packages': ('guake',)},
+    ),
+    (
+        'bugzilla strings',
+        'org.fedoraproject.prod.bugzilla.bug.new',
+        {"bug": {"id": 1100000, "summary": "guake crashes", "component": "guake", "product": "Fedora", "weburl": "https://bugzilla.redhat.com/show_bug.cgi?id=1100000"}, "event": {"who": "ralph@fedoraproject.org"}},
+        {'subtitle': 'ralph filed RHBZ#1100000 (guake): guake crashes', 'link': 'https://bugzilla.redhat.com/show_bug.cgi?id=1100000', 'usernames': ('ralph',), 'packages': ('guake',)},
+    ),
 ]  # fmt: skip
 
 
