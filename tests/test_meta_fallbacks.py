@@ -27,6 +27,9 @@ topics:
       agent ~ " tagged the widget" ~ (" " ~ (body.tags | join(", ")) if body.tags else "")
   widget.dump:
     subtitle: 'agent ~ " dumped " ~ (body.widget | string)'
+  widget.people:
+    usernames: '["Jane Doe", "http://ralph.id.fedoraproject.org/", "kevin", "jane@example.org"]'
+    packages: '["rpms/foo", "guake", "two words", "libstdc++"]'
 """
 
 
@@ -117,7 +120,15 @@ def test_only_chains_that_start_with_a_url_are_encoded() -> None:
     meta = MetaEngine().compute(
         make(
             "org.fedoraproject.prod.git.receive",
-            {"commit": {"repo": "guake", "branch": "f40", "rev": "abc", "summary": "Fix the build", "username": "ralph"}},
+            {
+                "commit": {
+                    "repo": "guake",
+                    "branch": "f40",
+                    "rev": "abc",
+                    "summary": "Fix the build",
+                    "username": "ralph",
+                }
+            },
         )
     )
     assert meta.subtitle == "ralph pushed to rpms/guake (f40): Fix the build"
@@ -134,3 +145,10 @@ def test_a_mapping_where_a_list_of_names_belongs_gives_no_names() -> None:
     )
     assert meta.packages == ()
     assert "username" not in meta.subtitle and "{" not in meta.subtitle
+
+
+def test_people_and_packages_are_names_whatever_an_expression_returns(engine: MetaEngine) -> None:
+    """A display name, an e-mail or a path where a username or package belongs is dropped; an OpenID becomes a name."""
+    meta = engine.compute(make("org.fedoraproject.prod.widgets.widget.people", {"agent": "kevin"}))
+    assert meta.usernames == ("kevin", "ralph")
+    assert meta.packages == ("guake", "libstdc++")

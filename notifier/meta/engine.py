@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fedmsg_notify.bus.envelope import KNOWN_ENVS, Message
 from fedmsg_notify.config.yaml_positions import Problem, ProblemsError
-from fedmsg_notify.meta.filters import fas_user, names, nvr_name
+from fedmsg_notify.meta.filters import fas_user, names, nvr_name, packages_only, usernames_only
 from fedmsg_notify.meta.generic import (
     generic_agent,
     generic_link,
@@ -231,7 +231,13 @@ class MetaEngine:
                         subtitle = generic_subtitle(service_name, rest, done["agent"], message.body)
                     link = _on_staging(service, message.parts.env, link)
                     return Meta(
-                        done["title"], subtitle, link, done["icon"], done["agent"], done["usernames"], done["packages"]
+                        done["title"],
+                        subtitle,
+                        link,
+                        done["icon"],
+                        done["agent"],
+                        usernames_only(done["usernames"]),
+                        packages_only(done["packages"]),
                     )
         return self._compute_slowly(service, entry, message, service_name, rest, subtopic)
 
@@ -303,7 +309,7 @@ class MetaEngine:
                 self.fallbacks[(service_name, "subtitle")] += 1
             subtitle = generic_subtitle(service_name, rest, agent, body)
         link = _on_staging(service, message.parts.env, link)
-        return Meta(title, subtitle, link, icon, agent, usernames, packages)
+        return Meta(title, subtitle, link, icon, agent, usernames_only(usernames), packages_only(packages))
 
     def _field(
         self,

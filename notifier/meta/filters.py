@@ -98,6 +98,24 @@ def names(value: Any) -> tuple[str, ...]:
     return tuple(sorted({item.strip() for item in compact(value) if isinstance(item, str) and item.strip()}))
 
 
+# A package (source rpm, module or container) name: no spaces, slashes, quotes or brackets.
+_PACKAGE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+~-]*$")
+
+
+def usernames_only(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The FAS usernames among ``values`` (OpenIDs and fedoraproject.org addresses become names)."""
+    if all(fas_user(value) == value for value in values):
+        return values  # the common case: nothing to change, no new tuple
+    return tuple(sorted({user for user in map(fas_user, values) if user}))
+
+
+def packages_only(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The values that can be package names (a title or a path where a package belongs is dropped)."""
+    if all(_PACKAGE.match(value) for value in values):
+        return values
+    return tuple(value for value in values if _PACKAGE.match(value))
+
+
 def https(value: Any) -> str | None:
     """Force ``https://`` (Fedora's web apps redirect plain http)."""
     if not isinstance(value, str) or not value:
