@@ -380,6 +380,36 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"bug": {"id": 1100000, "summary": "guake crashes", "component": "guake", "product": "Fedora", "weburl": "https://bugzilla.redhat.com/show_bug.cgi?id=1100000"}, "event": {"who": "ralph@fedoraproject.org"}},
         {'subtitle': 'ralph filed RHBZ#1100000 (guake): guake crashes', 'link': 'https://bugzilla.redhat.com/show_bug.cgi?id=1100000', 'usernames': ('ralph',), 'packages': ('guake',)},
     ),
+    (
+        'pkgdb acl delete',
+        'org.fedoraproject.prod.pkgdb.acl.delete',
+        {"agent": "kevin", "acl": {"acl": "watchbugzilla", "fas_name": "ralph", "status": "Approved", "packagelist": {"package": {"name": "guake"}, "collection": {"branchname": "f21"}}}},
+        {'subtitle': "kevin deleted ralph's watchbugzilla ACL on guake (f21)", 'link': 'https://admin.fedoraproject.org/pkgdb/package/rpms/guake/', 'usernames': ('kevin', 'ralph'), 'packages': ('guake',)},
+    ),
+    (
+        'pkgdb critpath',
+        'org.fedoraproject.prod.pkgdb.package.critpath.update',
+        {"agent": "kevin", "package_name": "kernel", "critpath": True, "branches": ["f21", "master"]},
+        {'subtitle': 'kevin marked kernel as critical path on f21 and master', 'link': 'https://admin.fedoraproject.org/pkgdb/package/rpms/kernel/', 'usernames': ('kevin',), 'packages': ('kernel',)},
+    ),
+    (
+        'pkgdb collection',
+        'org.fedoraproject.prod.pkgdb.collection.new',
+        {"agent": "kevin", "collection": {"name": "Fedora", "version": "22", "branchname": "f22"}},
+        {'subtitle': 'kevin created the collection Fedora 22', 'link': 'https://admin.fedoraproject.org/pkgdb/collection/f22/', 'usernames': ('kevin',), 'packages': ()},
+    ),
+    (
+        'pkgdb koschei',
+        'org.fedoraproject.prod.pkgdb.package.koschei.update',
+        {"agent": "ralph", "package": {"name": "guake"}, "status": True},
+        {'subtitle': 'ralph enabled koschei monitoring of guake', 'link': 'https://admin.fedoraproject.org/pkgdb/package/rpms/guake/', 'usernames': ('ralph',), 'packages': ('guake',)},
+    ),
+    (
+        'copr worker',
+        'org.fedoraproject.prod.copr.worker.create',
+        {"worker": "worker-1", "what": "creating worker", "owner": "ralph", "copr": "x", "build": 1},
+        {'subtitle': 'copr started worker worker-1 for build 1 in ralph/x', 'link': 'https://copr.fedoraproject.org/coprs/ralph/x/build/1/', 'usernames': (), 'packages': ()},
+    ),
 ]  # fmt: skip
 
 
