@@ -122,3 +122,13 @@ def test_unknown_services_are_counted_as_fallbacks() -> None:
     for _ in range(3):
         engine.compute(make("org.fedoraproject.prod.mystery.thing.new", {"agent": "ralph"}))
     assert engine.fallback_counts()["mystery"] == {"service": 3}
+
+
+def test_invented_service_names_cannot_grow_the_fallback_counts_without_bound() -> None:
+    """A publisher inventing a new service per message is counted, in bounded memory."""
+    engine = MetaEngine()
+    for number in range(3000):
+        engine.compute(make(f"org.fedoraproject.prod.svc{number}.thing.new", {}))
+    counts = engine.fallback_counts()
+    assert len(counts) <= 2049
+    assert sum(fields.get("service", 0) for fields in counts.values()) == 3000

@@ -79,6 +79,9 @@ FEDMSG_ICONS = "https://apps.fedoraproject.org/img/icons/"
 GENERIC_ICON = FEDMSG_ICONS + "fedmsg.png"
 # The fallback counter's key for a message whose service no file describes.
 NO_SERVICE_FILE = "service"
+# Past this many (service, field) keys, new services are counted together under this name.
+OTHER_SERVICES = "(other services)"
+_FALLBACK_KEYS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,14 @@ class MetaEngine:
         _, problems = load_services(self.dirs)
         return problems
 
+    def _count_fallback(self, service: str, name: str) -> None:
+        key = (service, name)
+        if key not in self.fallbacks and len(self.fallbacks) >= _FALLBACK_KEYS:
+            # Unknown services are named by whoever publishes; a hostile publisher inventing
+            # service names must not grow this table without bound.
+            key = (OTHER_SERVICES, name)
+        self.fallbacks[key] += 1
+
     def fallback_counts(self) -> dict[str, dict[str, int]]:
         """Fallbacks so far, by service then field (``service``: no file describes the service)."""
         out: dict[str, dict[str, int]] = {}
@@ -227,7 +238,7 @@ class MetaEngine:
                 link, subtitle = done["link"], done["subtitle"]
                 if _link_ok(link) and _sentence_ok(subtitle):
                     if subtitle is None:
-                        self.fallbacks[(service_name, "subtitle")] += 1
+                        self._count_fallback(service_name, "subtitle")
                         subtitle = generic_subtitle(service_name, rest, done["agent"], message.body)
                     link = _on_staging(service, message.parts.env, link)
                     return Meta(
@@ -244,7 +255,7 @@ class MetaEngine:
     def _generic(self, message: Message, service_name: str, rest: str, subtopic: str) -> Meta:
         """A service no file describes: what the message says about itself."""
         body = message.body
-        self.fallbacks[(service_name or message.topic, NO_SERVICE_FILE)] += 1
+        self._count_fallback(service_name or message.topic, NO_SERVICE_FILE)
         agent = generic_agent(body)
         return Meta(
             title=subtopic or message.topic,
@@ -282,7 +293,7 @@ class MetaEngine:
         ) -> Any:
             value, failed = self._field(service, entry, name, ctx, finish, accept)
             if failed:
-                self.fallbacks[(service_name, name)] += 1
+                self._count_fallback(service_name, name)
                 fell_back.add(name)
             if value is _UNSET:
                 value = when_unset()
@@ -306,7 +317,7 @@ class MetaEngine:
         subtitle = field("subtitle", as_text, _sentence_ok, nothing)
         if subtitle is None:
             if "subtitle" not in fell_back:
-                self.fallbacks[(service_name, "subtitle")] += 1
+                self._count_fallback(service_name, "subtitle")
             subtitle = generic_subtitle(service_name, rest, agent, body)
         link = _on_staging(service, message.parts.env, link)
         return Meta(title, subtitle, link, icon, agent, usernames_only(usernames), packages_only(packages))
