@@ -410,6 +410,12 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"worker": "worker-1", "what": "creating worker", "owner": "ralph", "copr": "x", "build": 1},
         {'subtitle': 'copr started worker worker-1 for build 1 in ralph/x', 'link': 'https://copr.fedoraproject.org/coprs/ralph/x/build/1/', 'usernames': (), 'packages': ()},
     ),
+    (
+        'bodhi 2 stack',
+        'org.fedoraproject.prod.bodhi.stack.save',
+        {"agent": "ralph", "stack": {"name": "hacking", "packages": [{"name": "python-fedmsg"}, {"name": "python-moksha-hub"}]}},
+        {'subtitle': 'ralph saved the bodhi stack hacking', 'link': 'https://bodhi.fedoraproject.org/stacks/hacking', 'usernames': ('ralph',), 'packages': ('python-fedmsg', 'python-moksha-hub')},
+    ),
 ]  # fmt: skip
 
 

@@ -87,6 +87,7 @@ for _words, _forms in (
     ("join joined", ("joined", "was joined")),
     ("pass passed", ("passed", "passed")),
     ("karma", ("gave karma to", "got karma")),
+    ("save saved", ("saved", "was saved")),
 ):
     for _word in _words.split():
         _VERBS[_word] = _forms
