@@ -416,6 +416,24 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         {"agent": "ralph", "stack": {"name": "hacking", "packages": [{"name": "python-fedmsg"}, {"name": "python-moksha-hub"}]}},
         {'subtitle': 'ralph saved the bodhi stack hacking', 'link': 'https://bodhi.fedoraproject.org/stacks/hacking', 'usernames': ('ralph',), 'packages': ('python-fedmsg', 'python-moksha-hub')},
     ),
+    (
+        'anitya add tried',
+        'org.release-monitoring.prod.anitya.project.add.tried',
+        {"distro": None, "message": {"agent": "http://ralph.id.fedoraproject.org/", "project": "arrow"}, "project": None},
+        {'subtitle': 'ralph tried to add the project arrow to anitya', 'link': 'https://release-monitoring.org/', 'usernames': ('ralph',), 'packages': ()},
+    ),
+    (
+        'anitya version remove',
+        'org.release-monitoring.prod.anitya.project.version.remove',
+        {"message": {"agent": "pingou", "project": "arrow", "version": "0.5.1"}, "project": {"id": 5314, "name": "arrow"}},
+        {'subtitle': 'pingou removed version 0.5.1 of arrow from anitya', 'link': 'https://release-monitoring.org/project/5314/', 'usernames': ('pingou',), 'packages': ()},
+    ),
+    (
+        'git mass branch',
+        'org.fedoraproject.prod.git.mass_branch.start',
+        {"agent": "releng", "branch": "f22"},
+        {'subtitle': 'releng started the mass branching of f22', 'link': None, 'usernames': ('releng',), 'packages': ()},
+    ),
 ]  # fmt: skip
 
 
