@@ -55,7 +55,8 @@ async def test_permanent_failure_and_malformed_counts_show_in_status(
     await asyncio.wait_for(ready.wait(), 10)
     publisher = Publisher(endpoint, username="tester", wait=5.0)
     try:
-        batch = list(envelopes(2, BODHI))
+        # A bodhi comment and a message of a service no file describes (its metadata falls back).
+        batch = [*envelopes(1, BODHI), *envelopes(1, "org.fedoraproject.prod.mystery.thing.happened")]
         # Garbage first: one publisher's frames arrive in order, so once both good
         # messages have failed, the malformed one has certainly been counted.
         await asyncio.to_thread(publisher.send_raw, [BODHI.encode(), b"{not json"])
@@ -75,12 +76,15 @@ async def test_permanent_failure_and_malformed_counts_show_in_status(
     assert "failed 2," in out and "queued 0," in out
     assert "last permanent failure: 550 5.1.1 user unknown" in out
     assert "malformed messages dropped: 1" in out
+    # Where the service files know nothing, status says so (by service, busiest first).
+    assert "metadata fallbacks (generic text used): 1" in out and "  mystery: 1 (service 1)" in out, out
 
     assert main(["status", "-c", str(config), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     [row] = data["destinations"]
     assert (row["destination"], row["failed"], row["last_failure"]) == ("bad:#x", 2, "550 5.1.1 user unknown")
     assert sum(v for k, v in data["counters"].items() if k.startswith("malformed.")) == 1
+    assert data["counters"].get("fallback.mystery.service") == 1, data["counters"]
 
 
 def test_status_shows_retries_digests_coalesced_and_last_success(

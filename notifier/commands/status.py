@@ -12,6 +12,7 @@ import json
 import sqlite3
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,7 +90,27 @@ def render_text(
         lines.append(f"messages failing signature validation: {sum(refused.values())} ({detail})")
     if counters.get("refused.storage"):
         lines.append(f"messages refused while the storage failed: {counters['refused.storage']}")
+    lines.extend(render_fallbacks(counters))
     return "\n".join(lines)
+
+
+def render_fallbacks(counters: dict[str, int], most: int = 10) -> list[str]:
+    """Where metadata fell back (no service file, or its expression did not fit the message), busiest first."""
+    by_service: Counter[str] = Counter()
+    fields: dict[str, list[str]] = {}
+    for name, n in counters.items():
+        if name.startswith("fallback.") and n:
+            service, _, field = name.removeprefix("fallback.").rpartition(".")
+            by_service[service] += n
+            fields.setdefault(service, []).append(f"{field} {n}")
+    if not by_service:
+        return []
+    lines = [f"metadata fallbacks (generic text used): {sum(by_service.values())}"]
+    for service, n in by_service.most_common(most):
+        lines.append(f"  {_inert(service)}: {n} ({', '.join(sorted(fields[service]))})")
+    if len(by_service) > most:
+        lines.append(f"  … and {len(by_service) - most} more service(s)")
+    return lines
 
 
 def as_json(

@@ -13,6 +13,7 @@ from fedmsg_notify.bus.signatures import Verifier
 from fedmsg_notify.bus.zeromq import Subscriber
 from fedmsg_notify.clock import Clock
 from fedmsg_notify.config.model import Config
+from fedmsg_notify.delivery.intake import Pipeline
 from fedmsg_notify.store.interface import Store
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,15 @@ class Chores:
 
     config: Config
     clock: Clock
+    pipeline: Pipeline
     store: Store | None
     subscriber: Subscriber | None
     amqp: AmqpSubscriber | None
     verifier: Verifier | None
     _saved_malformed: Counter[str]
     _saved_refused: Counter[str]
+    _saved_fallbacks: Counter[str]
+    _fallback_engine: object
 
     def _free_space(self, reason: str) -> None:
         """Housekeeping on a storage fault: prune finished rows, which SQLite reuses for new ones."""
@@ -84,11 +88,29 @@ class Chores:
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)
 
+    def _save_fallbacks(self) -> None:
+        """Metadata fallbacks by service and field (where the service files' knowledge is thin), for ``status``."""
+        engine = getattr(self.pipeline.meta, "__self__", None)
+        counts = getattr(engine, "fallback_counts", None)
+        if self.store is None or not callable(counts):
+            return
+        if engine is not self._fallback_engine:  # a reload made a new engine, counting from 0
+            self._fallback_engine, self._saved_fallbacks = engine, Counter()
+        current: Counter[str] = Counter()
+        for service, fields in counts().items():
+            for name, n in fields.items():
+                current[f"fallback.{service}.{name}"] = n
+        delta = current - self._saved_fallbacks
+        if delta:
+            self.store.add_counters(dict(delta))
+            self._saved_fallbacks = current
+
     def _save_counters(self) -> None:
         self._save_amqp_state()
-        if self.subscriber is None or self.store is None:
+        if self.store is None:
             return
-        current = Counter(self.subscriber.malformed)
+        self._save_fallbacks()
+        current = Counter(self.subscriber.malformed if self.subscriber is not None else {})
         if self.amqp is not None:
             current.update(self.amqp.malformed)
         delta = current - self._saved_malformed

@@ -108,6 +108,8 @@ class Daemon(BusIntake, Chores):
         self._stop = asyncio.Event()
         self._saved_malformed: Counter[str] = Counter()
         self._saved_refused: Counter[str] = Counter()
+        self._saved_fallbacks: Counter[str] = Counter()
+        self._fallback_engine: object = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Intake pauses while the storage fails (disk full, read-only) and resumes by itself.
         self.guard = IntakeGuard(self.clock, on_fault=self._free_space, on_resume=self._count_refused)
@@ -223,6 +225,10 @@ class Daemon(BusIntake, Chores):
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: '%s' changed; it takes effect after a restart", what)
         handles, retired = self._reuse_handles(config)
+        try:
+            self._save_fallbacks()  # the old engine's counts, before its replacement starts from 0
+        except Exception as exc:
+            log.warning("saving metadata fallback counts failed: %s", exc)
         self.config, self.pipeline, self.handles = config, pipeline, handles
         self._save_counters()
         self.verifier, self._saved_refused = verifier, Counter()
