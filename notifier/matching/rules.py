@@ -23,25 +23,23 @@ from fedmsg_notify.backend import Destination
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.config.validation import did_you_mean, validate
 from fedmsg_notify.config.yaml_positions import LocatedDocument, PathKey, Position, Problem, ProblemsError, load_located
+from fedmsg_notify.matching.fields import FIELD_OPS, Field
 from fedmsg_notify.matching.index import RuleIndex
 from fedmsg_notify.matching.match import (
-    FIELD_OPS,
     Agent,
     All,
     AnyOf,
     Condition,
     Env,
     Everything,
-    Field,
     Not,
     Packages,
     PatternError,
     Service,
-    Topic,
     Users,
-    glob,
 )
 from fedmsg_notify.matching.severity import Severity
+from fedmsg_notify.matching.topics import Topic, glob
 from fedmsg_notify.meta.engine import Meta
 
 log = logging.getLogger(__name__)
