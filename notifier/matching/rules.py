@@ -78,6 +78,7 @@ class Rule:
     name: str
     file: str
     line: int = 0
+    column: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +219,8 @@ class _FileCompiler:
             else:
                 names[name] = int(path[-1])
         condition = self.match(raw["match"], (*path, "match"), top=True) if "match" in raw else None
-        rule = Rule(
-            name=name if isinstance(name, str) else "?",
-            file=self.doc.file,
-            line=self.doc.where(path).line,
-        )
+        at = self.doc.where(path)
+        rule = Rule(name=name if isinstance(name, str) else "?", file=self.doc.file, line=at.line, column=at.column)
         routes = self.deliver(raw["deliver"], (*path, "deliver"), rule) if "deliver" in raw else []
         if len(self.problems) > before or condition is None:
             return None
@@ -619,6 +617,10 @@ class RuleSet:
         if problems:
             raise ProblemsError(problems)
         return cls(rules, files=count)
+
+    def residual_rules(self) -> list[CompiledRule]:
+        """Rules no condition of which narrows the messages they see: tested for every message."""
+        return [self.rules[n] for n in self.index.residual]
 
     def matching(self, message: Message, meta: Meta) -> list[CompiledRule]:
         """The rules that match, in load order, evaluating only the index's candidates."""
