@@ -9,6 +9,7 @@ filed under its path so the index can prefilter on the regex's required literal 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -20,6 +21,7 @@ STAR: Final = object()
 FIELD_OPS: Final = ("equals", "in", "matches", "contains", "exists", "gt", "ge", "lt", "le")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_path(path: str) -> tuple[Any, ...]:
     """``msg.update.builds[*].nvr`` → ``("msg", "update", "builds", STAR, "nvr")``; ``[2]`` indexes."""
     segments: list[Any] = []
@@ -112,7 +114,7 @@ def _ordered(a: Any, b: Any) -> bool:
 
 
 class Field(Condition):
-    __slots__ = ("expected", "op", "path", "regex", "segments")
+    __slots__ = ("_regex", "expected", "op", "path", "segments")
 
     def __init__(self, path: str, op: str, expected: Any) -> None:
         if op not in FIELD_OPS:
@@ -121,7 +123,17 @@ class Field(Condition):
         self.segments = parse_path(path)
         self.op = op
         self.expected = expected
-        self.regex: Any = compile_regex(expected) if op == "matches" else None
+        # Compiled to validate now, kept only once first needed: with the index prefiltering
+        # on required literals, most users' regexes run rarely, and each program costs ~1.3 KB.
+        self._regex: Any = None
+        if op == "matches":
+            compile_regex(expected)
+
+    @property
+    def regex(self) -> Any:
+        if self._regex is None:
+            self._regex = compile_regex(self.expected)
+        return self._regex
 
     def values(self, message: Message) -> list[Any]:
         out: list[Any] = []

@@ -108,7 +108,8 @@ class RuleIndex:
         self.dots = any(kind in _DOT_KINDS for kind in self.has_kinds)
         self.run_lengths = tuple(sorted({value.count(".") + 1 for kind, value in keys if kind == "trun"}))
         trie = PathTrie()
-        regex_patterns: dict[str, list[str]] = {}
+        # Per path, the distinct patterns in first-seen order (a dict: 20k patterns on one path).
+        regex_patterns: dict[str, dict[str, None]] = {}
         exists_paths: set[str] = set()
         for kind, value in keys:
             if kind == "field":
@@ -118,12 +119,10 @@ class RuleIndex:
                 exists_paths.add(value)
             elif kind == "regex":
                 trie.add(value[0])
-                patterns = regex_patterns.setdefault(value[0], [])
-                if value[1] not in patterns:
-                    patterns.append(value[1])
+                regex_patterns.setdefault(value[0], {})[value[1]] = None
         self.paths = trie if trie.children else None
         self.exists_paths = frozenset(exists_paths)
-        self.regexes = {path: RegexFilter(patterns) for path, patterns in regex_patterns.items()}
+        self.regexes = {path: RegexFilter(list(patterns)) for path, patterns in regex_patterns.items()}
 
     def message_keys(self, message: Message, meta: Meta) -> list[Key]:
         """Every key ``message`` carries that some rule is filed under (and some that none is)."""

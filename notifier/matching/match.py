@@ -15,7 +15,6 @@ stall the daemon (SPEC "Hostile input").
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,12 +35,11 @@ class PatternError(ValueError):
     """A regex or glob that cannot be compiled; the message says why."""
 
 
-@functools.lru_cache(maxsize=16384)
 def compile_regex(pattern: str) -> Any:
     """Compile ``pattern`` with RE2, raising :class:`PatternError` with RE2's reason.
 
-    Cached: thousands of users' rule files repeat the same few patterns, and a
-    compiled RE2 program is immutable, so they can share it.
+    Not cached here: equal conditions are compiled once by the rule compiler, and
+    compiled programs of 100k users' distinct regexes would otherwise outlive their rules.
     """
     try:
         return re2.compile(pattern, _RE2_OPTIONS)
@@ -131,6 +129,13 @@ class Everything(Condition):
 # --- topic parts and metadata -----------------------------------------------------------------------
 
 
+def _lookup(written: tuple[str, ...]) -> tuple[str, ...] | frozenset[str]:
+    """What ``in`` tests against: the written tuple itself when short (a frozenset costs
+    over 200 bytes, and most rules name one user or a few packages), else a frozenset."""
+    return written if len(written) <= 8 else frozenset(written)
+
+
+
 class _OneOf(Condition):
     """A message attribute (a string or ``None``) that must be one of ``values``."""
 
@@ -141,7 +146,7 @@ class _OneOf(Condition):
 
     def __init__(self, values: Iterable[str]) -> None:
         self.written = tuple(values)
-        self.values = frozenset(self.written)
+        self.values = _lookup(self.written)
 
     def attribute(self, message: Message, meta: Meta) -> str | None:
         raise NotImplementedError
@@ -204,13 +209,17 @@ class _AnyOf(Condition):
 
     def __init__(self, values: Iterable[str]) -> None:
         self.written = tuple(values)
-        self.values = frozenset(self.written)
+        self.values = _lookup(self.written)
 
     def attribute(self, meta: Meta) -> Sequence[str]:
         raise NotImplementedError
 
     def test(self, message: Message, meta: Meta) -> bool:
-        return not self.values.isdisjoint(self.attribute(meta))
+        values = self.values
+        for name in self.attribute(meta):  # noqa: SIM110 (hot path: no generator)
+            if name in values:
+                return True
+        return False
 
     def why_not(self, message: Message, meta: Meta) -> str | None:
         if self.test(message, meta):

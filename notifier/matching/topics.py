@@ -34,7 +34,7 @@ STAR: Final[Token] = ("*",)
 class Glob:
     """One compiled topic glob; calling it with a topic tests it."""
 
-    __slots__ = ("exact", "kind", "literal", "pattern", "regex", "tokens")
+    __slots__ = ("_key", "exact", "kind", "literal", "pattern", "regex", "tokens")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
@@ -45,6 +45,7 @@ class Glob:
         self.regex: Any = None
         self.literal = ""
         self.exact = False
+        self._key: tuple[Key, int] | bool | None = False  # not computed yet
         if not stars and literal_only:
             self.kind = "exact"
             self.literal = "".join(t[1] for t in tokens)
@@ -76,6 +77,11 @@ class Glob:
 
     def index_key(self) -> tuple[Key, int] | None:
         """The most selective key every matching topic has, with its score; ``None`` if none."""
+        if self._key is False:
+            self._key = self._index_key()
+        return self._key  # type: ignore[return-value]
+
+    def _index_key(self) -> tuple[Key, int] | None:
         if self.exact:
             # Below users and packages: one exact topic (koji build state changes) can be a
             # large share of all traffic, while a username or package is a tiny one.
@@ -220,10 +226,11 @@ def _literal_run(tokens: Sequence[Token]) -> str:
 
 
 class Topic(Condition):
-    __slots__ = ("globs",)
+    __slots__ = ("_requirement", "globs")
 
     def __init__(self, globs: Sequence[Glob]) -> None:
         self.globs = tuple(globs)
+        self._requirement: Requirement | bool | None = False  # not computed yet
 
     def test(self, message: Message, meta: Any) -> bool:
         topic = message.topic
@@ -241,6 +248,12 @@ class Topic(Condition):
         return f"topic {show_list([g.pattern for g in self.globs])}"
 
     def requirement(self) -> Requirement | None:
+        # One Topic is shared by every rule that writes the same globs: work it out once.
+        if self._requirement is False:
+            self._requirement = self._compute_requirement()
+        return self._requirement  # type: ignore[return-value]
+
+    def _compute_requirement(self) -> Requirement | None:
         keys = []
         for pattern in self.globs:
             found = pattern.index_key()
