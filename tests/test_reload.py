@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fedmsg_notify.bus.zeromq import Publisher
@@ -118,3 +119,42 @@ async def test_reload_picks_up_a_changed_template_and_keeps_a_removed_accounts_q
             publisher.close(linger_ms=0)
         daemon.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_reload_builds_the_new_rules_off_the_event_loop(
+    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a slow reload compiles the new rule set, the event loop (intake) keeps running; a broken set is refused."""
+    import time
+
+    from fedmsg_notify import daemon as daemon_module
+
+    config = write(tmp_path, endpoint, f"  rec: {{backend: '{RECORDER}'}}\n", "{{ topic }}")
+    daemon = Daemon(load_config(config), shutdown_timeout=1.0)
+    real = daemon_module.build_pipeline
+
+    def slow(cfg: Any) -> Any:
+        time.sleep(0.5)  # what compiling 100k rules costs, blocking its thread
+        return real(cfg)
+
+    monkeypatch.setattr(daemon_module, "build_pipeline", slow)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.create_task(ticker())
+    try:
+        old = daemon.pipeline
+        assert await daemon.reload() is True
+        assert daemon.pipeline is not old
+        assert ticks >= 20, f"the loop ran only {ticks} times during a 0.5 s reload"
+        (tmp_path / "rules" / "a.yaml").write_text("rules:\n  - {name: all, match: {topic: [}, deliver: [{via: rec}]}\n")
+        kept = daemon.pipeline
+        assert await daemon.reload() is False
+        assert daemon.pipeline is kept
+    finally:
+        beat.cancel()
