@@ -67,9 +67,8 @@ def test_reload_recompiles_only_the_changed_file(tmp_path: Path) -> None:
     write(tmp_path, "u07.yaml", person("user7", topic="*.copr.build.*"))
     changed = load(cfg, cache)
     assert changed.recompiled == 1
-    assert [r.condition.describe() for r in changed.rules if r.rule.file.endswith("u07.yaml")][0].startswith(
-        "(topic \"*.copr.build.*\""
-    )
+    first_of_u07 = next(r for r in changed.rules if r.rule.file.endswith("u07.yaml"))
+    assert first_of_u07.condition.describe().startswith('(topic "*.copr.build.*"')
     # The unchanged files' compiled rules are reused as they are.
     assert changed.rules[0] is first.rules[0]
 
