@@ -232,7 +232,19 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     )
     (tmp / "config.yaml").write_text(config_text)
     loading = time.perf_counter()
-    docs, described = population(args.rules, pairs, broad_people=args.watchers)
+    if args.population == "index":
+        # bench_index.py's population: ten rules of every shape per person, plus one firehose.
+        from fedmsg_notify.config.yaml_positions import LocatedDocument
+        from population import RULES_PER_PERSON
+        from population import load_samples as index_samples
+        from population import population as index_population
+
+        written = index_population(args.rules, index_samples())
+        docs = [LocatedDocument(file=f"<person {n}>", data=doc) for n, doc in enumerate(written)]
+        described = {"rules": sum(len(d["rules"]) for d in written), "people": len(written),
+                     "rules_per_person": RULES_PER_PERSON, "firehoses": 1}
+    else:
+        docs, described = population(args.rules, pairs, broad_people=args.watchers)
     accounts = load_config(tmp / "config.yaml").accounts
     ruleset = RuleSet.from_documents(docs, accounts)
     del docs
@@ -434,6 +446,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s (0: as fast as possible)")
     parser.add_argument(
         "--watchers", type=int, default=WATCHERS, help="people with broad rules (diagnostic; default %(default)s)"
+    )
+    parser.add_argument(
+        "--population", choices=("fmn", "index"), default="fmn", help="fmn: this file's; index: bench/population.py's"
     )
     parser.add_argument("--long-rate", type=float, default=3000.0, help="--long: messages/s (default %(default)s)")
     parser.add_argument("--out", default=str(HERE / "results" / "long.json"))

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.matching.match import Condition, Key, Requirement, compile_regex, show, show_list
-from fedmsg_notify.matching.regexes import filterable
+from fedmsg_notify.matching.regexes import anchored_literal, filterable
 
 STAR: Final = object()
 FIELD_OPS: Final = ("equals", "in", "matches", "contains", "exists", "gt", "ge", "lt", "le")
@@ -113,6 +113,15 @@ def _ordered(a: Any, b: Any) -> bool:
     return isinstance(a, str) and isinstance(b, str)
 
 
+def _plainly_literal(pattern: str) -> bool:
+    """``^text$`` or ``^text`` with no backslash or special character: valid RE2 without asking RE2."""
+    shape = anchored_literal(pattern)
+    if shape is None or "\\" in pattern:
+        return False
+    body = pattern[1:-1] if shape[0] == "exact" else pattern[1:]
+    return body == shape[1]
+
+
 class Field(Condition):
     __slots__ = ("_regex", "expected", "op", "path", "segments")
 
@@ -126,7 +135,7 @@ class Field(Condition):
         # Compiled to validate now, kept only once first needed: with the index prefiltering
         # on required literals, most users' regexes run rarely, and each program costs ~1.3 KB.
         self._regex: Any = None
-        if op == "matches":
+        if op == "matches" and not _plainly_literal(expected):
             compile_regex(expected)
 
     @property
@@ -196,8 +205,14 @@ class Field(Condition):
             return Requirement(keys, 60 if named else 8)
         if self.op == "exists" and self.expected:
             return Requirement(frozenset({("exists", self.path)}), 6)
-        if self.op == "matches" and filterable(self.expected):
-            return Requirement(frozenset({("regex", (self.path, self.expected))}), 55)
+        if self.op == "matches":
+            shape = anchored_literal(self.expected)
+            if shape is not None:
+                # ^ralph$ is an equality; ^kernel- a prefix, looked up by the value's first characters.
+                kind = "field" if shape[0] == "exact" else "fprefix"
+                return Requirement(frozenset({(kind, (self.path, shape[1]))}), 60 if kind == "field" else 55)
+            if filterable(self.expected):
+                return Requirement(frozenset({("regex", (self.path, self.expected))}), 55)
         return None
 
     def sufficient(self) -> frozenset[Key]:
@@ -206,6 +221,10 @@ class Field(Condition):
             return keys
         if self.op == "exists" and self.expected:
             return frozenset({("exists", self.path)})
+        if self.op == "matches" and _plainly_literal(self.expected):
+            shape = anchored_literal(self.expected)
+            assert shape is not None
+            return frozenset({("field" if shape[0] == "exact" else "fprefix", (self.path, shape[1]))})
         return frozenset()
 
     def why_not(self, message: Message, meta: Any) -> str | None:

@@ -76,6 +76,7 @@ class RuleIndex:
         "negative",
         "paths",
         "positive",
+        "prefix_lengths",
         "regexes",
         "residual",
         "run_lengths",
@@ -111,9 +112,13 @@ class RuleIndex:
         # Per path, the distinct patterns in first-seen order (a dict: 20k patterns on one path).
         regex_patterns: dict[str, dict[str, None]] = {}
         exists_paths: set[str] = set()
+        prefix_lengths: dict[str, set[int]] = {}
         for kind, value in keys:
             if kind == "field":
                 trie.add(value[0])
+            elif kind == "fprefix":
+                trie.add(value[0])
+                prefix_lengths.setdefault(value[0], set()).add(len(value[1]))
             elif kind == "exists":
                 trie.add(value)
                 exists_paths.add(value)
@@ -122,6 +127,7 @@ class RuleIndex:
                 regex_patterns.setdefault(value[0], {})[value[1]] = None
         self.paths = trie if trie.children else None
         self.exists_paths = frozenset(exists_paths)
+        self.prefix_lengths = {path: tuple(sorted(lengths)) for path, lengths in prefix_lengths.items()}
         self.regexes = {path: RegexFilter(list(patterns)) for path, patterns in regex_patterns.items()}
 
     def message_keys(self, message: Message, meta: Meta) -> list[Key]:
@@ -145,15 +151,19 @@ class RuleIndex:
         if self.paths is not None:
             found: list[tuple[str, Any]] = []
             self.paths.walk(message.envelope, found)
-            regexes, exists = self.regexes, self.exists_paths
+            regexes, exists, prefixes = self.regexes, self.exists_paths, self.prefix_lengths
             for path, value in found:
                 typed = value_key(value)
                 if typed is not None:
                     keys.append(("field", (path, typed)))
                 if path in exists:
                     keys.append(("exists", path))
-                if isinstance(value, str) and path in regexes:
-                    keys.extend(("regex", (path, pattern)) for pattern in regexes[path].potential(value))
+                if isinstance(value, str):
+                    if path in prefixes:
+                        size = len(value)
+                        keys.extend(("fprefix", (path, value[:n])) for n in prefixes[path] if n <= size)
+                    if path in regexes:
+                        keys.extend(("regex", (path, pattern)) for pattern in regexes[path].potential(value))
         return keys
 
     def candidates(self, message: Message, meta: Meta) -> set[int]:

@@ -68,3 +68,41 @@ class RegexFilter:
                 continue
             out.extend(patterns[start + n] for n in hits[:-1])
         return out
+
+
+# Characters RE2 gives a meaning to outside a class; every other character stands for itself.
+_SPECIAL: Final = frozenset("\\.+*?()|[]{}^$")
+_PUNCTUATION: Final = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+@functools.lru_cache(maxsize=16384)
+def anchored_literal(pattern: str) -> tuple[str, str] | None:
+    """``("exact", text)`` for ``^text$``, ``("prefix", text)`` for ``^text...``; else ``None``.
+
+    The shapes people write for "my username" and "my package's builds" (``^ralph$``,
+    ``^kernel-[0-9]``): the index looks them up like an equality or a prefix, with no
+    RE2 program kept for them. Conservative: any alternation, flag or escape other
+    than a backslashed punctuation mark, and the pattern is left to RE2's prefilter.
+    """
+    if not pattern.startswith("^") or "|" in pattern:
+        return None
+    text: list[str] = []
+    i, n = 1, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "\\" and i + 1 < n and pattern[i + 1] in _PUNCTUATION:
+            text.append(pattern[i + 1])
+            i += 2
+            continue
+        if char in _SPECIAL:
+            break
+        text.append(char)
+        i += 1
+    if i == n:
+        return ("prefix", "".join(text)) if text else None
+    if pattern[i] == "$" and i == n - 1:
+        return ("exact", "".join(text))
+    # A quantifier after the run applies to its last character, which may then be absent.
+    if pattern[i] in "*?{+" and text:
+        text.pop()
+    return ("prefix", "".join(text)) if text else None
