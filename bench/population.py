@@ -6,7 +6,8 @@ Each person (a rule file with ``me:``) has ten rules, the shapes people write:
 2. *my failed builds*: an exact topic + ``msg.owner`` equals me + ``msg.new`` equals 3
 3. *my bodhi updates*: ``topic: "*.bodhi.update.*"`` (wild at both ends) + a regex
    ``^me$`` on ``msg.update.user.name``
-4. *my copr builds*: ``topic: "*.copr.build.*"`` + ``msg.owner`` in [me]
+4. *my copr builds*: ``topic: "*.copr.build.*"`` + a regex ``\\bme\\b`` on ``msg.owner`` (no
+   anchor: prefiltered on its literal by RE2's FilteredRE2)
 5. *comments on my updates*: ``topic: "org.fedoraproject.*.bodhi.update.comment"``
    (wild in the middle) + users me + not agent me
 6. *my packages*: five packages + not agent me (an hourly digest)
@@ -83,7 +84,7 @@ def person_rules(user: str, packages: list[str], topic: str) -> list[dict[str, A
         },
         {
             "name": "my copr builds",
-            "match": {"topic": "*.copr.build.*", "field": {"path": "msg.owner", "in": ["$me"]}},
+            "match": {"topic": "*.copr.build.*", "field": {"path": "msg.owner", "matches": "\\b$me\\b"}},
             "deliver": [to],
         },
         {

@@ -493,3 +493,29 @@ def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "deep.yaml", "rules: " + "[" * 5000 + "]" * 5000 + "\n")
     found = problems(tmp_path)
     assert found == ["deep.yaml:1:1: rule file is nested too deeply"]
+
+
+def test_every_rule_shape_is_found_through_the_index() -> None:
+    """Globs of any shape, typed field equality, regexes, `not:` and `any:` are indexed: none is tested on every message."""
+    accounts = load_config("<c>", "accounts: {out: {backend: console}}").accounts
+    shapes: dict[str, Any] = {
+        "both ends wild": {"topic": "*.bodhi.update.*"},
+        "wild in the middle": {"topic": "org.*.copr.build.*"},
+        "several stars": {"topic": "*.pagure.*.comment.*"},
+        "number equality": {"field": {"path": "msg.new", "equals": 3}},
+        "boolean equality": {"field": {"path": "msg.flag", "equals": True}},
+        "unanchored regex": {"field": {"path": "msg.comment", "matches": "\\bralph\\b"}},
+        "anchored regex": {"field": {"path": "msg.name", "matches": "^eclipse-"}},
+        "exists": {"field": {"path": "msg.update.alias", "exists": True}},
+        "not around a glob": {"not": {"topic": "*.buildsys.repo.*"}},
+        "any of indexed": {"any": [{"users": "ralph"}, {"packages": "kernel"}]},
+    }
+    rules = [{"name": name, "match": match, "deliver": [{"via": "out"}]} for name, match in shapes.items()]
+    ruleset = RuleSet.from_documents([LocatedDocument(file="<g>", data={"rules": rules})], accounts)
+    assert ruleset.residual_rules() == []
+    build = msg("org.fedoraproject.prod.buildsys.build.state.change", {"new": 1, "name": "eclipse-ptp", "flag": False})
+    woken = {ruleset.rules[n].rule.name for n in ruleset.index.candidates(build, meta(usernames=("ralph",)))}
+    assert woken == {"anchored regex", "not around a glob", "any of indexed"}
+    repo = msg("org.fedoraproject.prod.buildsys.repo.done", {"comment": "thanks ralph!", "new": 3})
+    woken = {ruleset.rules[n].rule.name for n in ruleset.index.candidates(repo, meta())}
+    assert woken == {"unanchored regex", "number equality"}
