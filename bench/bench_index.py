@@ -19,6 +19,8 @@ Each row runs in a fresh interpreter, so RSS is that configuration's alone:
 - with ``--baseline PYTHON``, the same matching rows with another checkout's code (the index
   before this issue), for comparison.
 
+Matching rates are the best of three runs of ``--seconds`` each (the machine is shared).
+
 It prints a table and JSON; it asserts nothing.
 """
 
@@ -53,17 +55,25 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rate(fn: Any, items: list[Any], seconds: float) -> tuple[float, float]:
-    """Calls per second of ``fn(item)`` cycling over ``items`` for about ``seconds``, and mean len of results."""
-    done = total = 0
-    started = time.perf_counter()
-    while True:
-        for item in items:
-            total += len(fn(item))
-            done += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return done / elapsed, total / done
+def rate(fn: Any, items: list[Any], seconds: float, repeat: int = 3) -> tuple[float, float]:
+    """Calls per second of ``fn(item)`` cycling over ``items`` for about ``seconds``, and mean len of results.
+
+    The best of ``repeat`` runs: the machine is shared, and other work only ever slows a run down.
+    """
+    best = 0.0
+    mean = 0.0
+    for _ in range(repeat):
+        done = total = 0
+        started = time.perf_counter()
+        while True:
+            for item in items:
+                total += len(fn(item))
+                done += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                break
+        best, mean = max(best, done / elapsed), total / done
+    return best, mean
 
 
 def child_parse(directory: Path) -> dict[str, Any]:
@@ -143,7 +153,7 @@ def main() -> int:
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000])
     parser.add_argument("--messages", type=int, default=50_000, help="raw loop and --e2e messages")
-    parser.add_argument("--seconds", type=float, default=5.0, help="time per matching measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per matching measurement (best of 3)")
     parser.add_argument("--keep", help="write the rule files here (reused if present)")
     parser.add_argument("--e2e", action="store_true", help="also run the daemon end to end (bench/ours.py)")
     parser.add_argument("--baseline", help="a python whose fedmsg_notify is the code to compare with")
