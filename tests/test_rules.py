@@ -379,7 +379,12 @@ def condition_strategy(vocab: dict[str, list[str]]) -> st.SearchStrategy[dict[st
             # The same value on another path, or another type (1 against 1.0 and true).
             flipped = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
             return {"field": {"path": other[0], "equals": flipped}}
-        return {"field": {"path": path, "exists": mode == 3}}
+        if mode in (3, 4):
+            return {"field": {"path": path, "exists": mode == 3}}
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            # Bounds at the value itself: gt/lt fail there, ge/le hold.
+            return {"field": {"path": path, ("gt", "ge", "lt", "le")[mode % 4]: value}}
+        return {"field": {"path": path, "gt": 0}}
 
     # Indices, not sampled_from: hypothesis would print the whole list of leaves in reprs.
     scalars = vocab["leaves"]
@@ -403,8 +408,11 @@ def condition_strategy(vocab: dict[str, list[str]]) -> st.SearchStrategy[dict[st
         st.builds(lambda v: {"field": {"path": "msg.owner", "equals": v}}, st.sampled_from(vocab["users"])),
         st.builds(lambda p: {"field": {"path": "topic", "matches": p}}, st.sampled_from(vocab["pieces"])),
         st.builds(regex, leaves_of, st.integers(0, 40), st.integers(0, 6)),
-        st.builds(equality, leaves_of, st.integers(0, 4), leaves_of),
-        st.builds(lambda s: {"severity": s}, st.sampled_from(["info", ["debug", "error"], {"ge": "warning"}])),
+        st.builds(equality, leaves_of, st.integers(0, 8), leaves_of),
+        st.builds(
+            lambda s: {"severity": s},
+            st.sampled_from(["info", ["debug", "error"], {"ge": "warning"}, {"lt": "info"}, {"le": 20}, 30]),
+        ),
     )
 
     def merge(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -509,13 +517,16 @@ def test_every_rule_shape_is_found_through_the_index() -> None:
         "exists": {"field": {"path": "msg.update.alias", "exists": True}},
         "not around a glob": {"not": {"topic": "*.buildsys.repo.*"}},
         "any of indexed": {"any": [{"users": "ralph"}, {"packages": "kernel"}]},
+        "number bound": {"field": {"path": "msg.new", "ge": 2}},
+        "severity bound": {"severity": {"ge": "warning"}},
+        "exists false": {"field": {"path": "msg.update", "exists": False}},
     }
     rules = [{"name": name, "match": match, "deliver": [{"via": "out"}]} for name, match in shapes.items()]
     ruleset = RuleSet.from_documents([LocatedDocument(file="<g>", data={"rules": rules})], accounts)
     assert ruleset.residual_rules() == []
     build = msg("org.fedoraproject.prod.buildsys.build.state.change", {"new": 1, "name": "eclipse-ptp", "flag": False})
     woken = {ruleset.rules[n].rule.name for n in ruleset.index.candidates(build, meta(usernames=("ralph",)))}
-    assert woken == {"anchored regex", "not around a glob", "any of indexed"}
+    assert woken == {"anchored regex", "not around a glob", "any of indexed", "exists false"}
     repo = msg("org.fedoraproject.prod.buildsys.repo.done", {"comment": "thanks ralph!", "new": 3})
     woken = {ruleset.rules[n].rule.name for n in ruleset.index.candidates(repo, meta())}
-    assert woken == {"unanchored regex", "number equality"}
+    assert woken == {"unanchored regex", "number equality", "number bound", "exists false"}

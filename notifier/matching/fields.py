@@ -19,6 +19,7 @@ from fedmsg_notify.matching.regexes import anchored_literal, filterable
 
 STAR: Final = object()
 FIELD_OPS: Final = ("equals", "in", "matches", "contains", "exists", "gt", "ge", "lt", "le")
+ORDER_OPS: Final = ("gt", "ge", "lt", "le")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -104,6 +105,19 @@ def same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
+def compare(op: str, value: Any, bound: Any) -> bool:
+    """``value <op> bound`` as the ``gt``/``ge``/``lt``/``le`` operators mean it (never across types)."""
+    if not _ordered(value, bound):
+        return False
+    if op == "gt":
+        return bool(value > bound)
+    if op == "ge":
+        return bool(value >= bound)
+    if op == "lt":
+        return bool(value < bound)
+    return bool(value <= bound)
+
+
 def _ordered(a: Any, b: Any) -> bool:
     """Whether ``a`` and ``b`` can be compared with < (numbers with numbers, strings with strings)."""
     if isinstance(a, bool) or isinstance(b, bool):
@@ -174,15 +188,7 @@ class Field(Condition):
             if isinstance(value, dict):
                 return isinstance(expected, str) and expected in value
             return False
-        if not _ordered(value, expected):
-            return False
-        if op == "gt":
-            return bool(value > expected)
-        if op == "ge":
-            return bool(value >= expected)
-        if op == "lt":
-            return bool(value < expected)
-        return bool(value <= expected)  # le
+        return compare(op, value, expected)
 
     def _equality_keys(self) -> frozenset[Key] | None:
         options = [self.expected] if self.op == "equals" else self.expected if self.op == "in" else None
@@ -205,6 +211,8 @@ class Field(Condition):
             return Requirement(keys, 60 if named else 8)
         if self.op == "exists" and self.expected:
             return Requirement(frozenset({("exists", self.path)}), 6)
+        if self.op in ORDER_OPS:
+            return Requirement(self.sufficient(), 4)
         if self.op == "matches":
             shape = anchored_literal(self.expected)
             if shape is not None:
@@ -221,11 +229,18 @@ class Field(Condition):
             return keys
         if self.op == "exists" and self.expected:
             return frozenset({("exists", self.path)})
+        if self.op in ORDER_OPS:
+            # Evaluated once per distinct (path, operator, bound) and message by the index.
+            return frozenset({("fcmp", (self.path, self.op, self.expected))})
         if self.op == "matches" and _plainly_literal(self.expected):
             shape = anchored_literal(self.expected)
             assert shape is not None
             return frozenset({("field" if shape[0] == "exact" else "fprefix", (self.path, shape[1]))})
         return frozenset()
+
+    def exclusion(self) -> frozenset[Key] | None:
+        # exists: false holds exactly when the path reaches nothing.
+        return frozenset({("exists", self.path)}) if self.op == "exists" and not self.expected else None
 
     def why_not(self, message: Message, meta: Any) -> str | None:
         if self.test(message, meta):

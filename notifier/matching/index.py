@@ -21,9 +21,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from fedmsg_notify.bus.envelope import Message
-from fedmsg_notify.matching.fields import STAR, parse_path, value_key
+from fedmsg_notify.matching.fields import STAR, compare, parse_path, value_key
 from fedmsg_notify.matching.match import Condition, Key
 from fedmsg_notify.matching.regexes import RegexFilter
+from fedmsg_notify.matching.severity import OPS as SEVERITY_OPS
 from fedmsg_notify.matching.topics import topic_runs
 from fedmsg_notify.meta.engine import Meta
 
@@ -69,6 +70,7 @@ class RuleIndex:
     """Rule ordinals by key; ``negated`` rules are candidates unless an exclusion key is present."""
 
     __slots__ = (
+        "comparisons",
         "dots",
         "exists_paths",
         "has_kinds",
@@ -80,6 +82,7 @@ class RuleIndex:
         "regexes",
         "residual",
         "run_lengths",
+        "severity_bounds",
     )
 
     def __init__(self, conditions: Iterable[Condition]) -> None:
@@ -113,9 +116,16 @@ class RuleIndex:
         regex_patterns: dict[str, dict[str, None]] = {}
         exists_paths: set[str] = set()
         prefix_lengths: dict[str, set[int]] = {}
+        comparisons: dict[str, set[tuple[str, Any]]] = {}
+        severity_bounds: set[tuple[str, int]] = set()
         for kind, value in keys:
             if kind == "field":
                 trie.add(value[0])
+            elif kind == "fcmp":
+                trie.add(value[0])
+                comparisons.setdefault(value[0], set()).add((value[1], value[2]))
+            elif kind == "sevcmp":
+                severity_bounds.add(value)
             elif kind == "fprefix":
                 trie.add(value[0])
                 prefix_lengths.setdefault(value[0], set()).add(len(value[1]))
@@ -128,13 +138,21 @@ class RuleIndex:
         self.paths = trie if trie.children else None
         self.exists_paths = frozenset(exists_paths)
         self.prefix_lengths = {path: tuple(sorted(lengths)) for path, lengths in prefix_lengths.items()}
+        # Numeric and string bounds (msg.new ge 3, severity ge warning) are few and distinct: each is
+        # evaluated once per message, whatever the number of rules sharing it.
+        self.comparisons = {path: tuple(bounds) for path, bounds in comparisons.items()}
+        self.severity_bounds = tuple(severity_bounds)
         self.regexes = {path: RegexFilter(list(patterns)) for path, patterns in regex_patterns.items()}
 
     def message_keys(self, message: Message, meta: Meta) -> list[Key]:
         """Every key ``message`` carries that some rule is filed under (and some that none is)."""
         topic = message.topic
         parts = message.parts
-        keys: list[Key] = [("topic", topic), ("service", parts.service), ("env", parts.env)]
+        severity = message.severity
+        keys: list[Key] = [("topic", topic), ("service", parts.service), ("env", parts.env), ("severity", severity)]
+        for bound in self.severity_bounds:
+            if SEVERITY_OPS[bound[0]](severity, bound[1]):
+                keys.append(("sevcmp", bound))
         if self.dots:
             # Every dot splits the topic into a prefix ending at it and a suffix starting at it.
             dot = topic.find(".")
@@ -152,7 +170,12 @@ class RuleIndex:
             found: list[tuple[str, Any]] = []
             self.paths.walk(message.envelope, found)
             regexes, exists, prefixes = self.regexes, self.exists_paths, self.prefix_lengths
+            comparisons = self.comparisons
             for path, value in found:
+                if path in comparisons:
+                    for op, bound in comparisons[path]:
+                        if compare(op, value, bound):
+                            keys.append(("fcmp", (path, op, bound)))
                 typed = value_key(value)
                 if typed is not None:
                     keys.append(("field", (path, typed)))
