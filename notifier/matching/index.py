@@ -91,12 +91,11 @@ class RuleIndex:
         negated: list[int] = []
         residual: list[int] = []
         for ordinal, condition in enumerate(conditions):
-            requirement = condition.requirement()
+            requirement, exclusion = condition.index_entry()
             if requirement is not None:
                 for key in requirement.keys:
                     positive.setdefault(key, []).append(ordinal)
                 continue
-            exclusion = condition.exclusion()
             if exclusion:
                 negated.append(ordinal)
                 for key in exclusion:

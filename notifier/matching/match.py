@@ -86,7 +86,19 @@ class Requirement:
 class Condition:
     """Base of every compiled condition."""
 
-    __slots__ = ()
+    # What the index files this condition under, worked out once: conditions are immutable
+    # and outlive reloads in the per-file cache, so a reload does not recompute 100k of them.
+    __slots__ = ("_entry",)
+
+    def index_entry(self) -> tuple[Requirement | None, frozenset[Key] | None]:
+        """``(requirement, None)``, else ``(None, exclusion)``, else ``(None, None)`` (residual)."""
+        try:
+            return self._entry
+        except AttributeError:
+            requirement = self.requirement()
+            entry = (requirement, None if requirement is not None else self.exclusion())
+            self._entry: tuple[Requirement | None, frozenset[Key] | None] = entry
+            return entry
 
     def test(self, message: Message, meta: Meta) -> bool:
         raise NotImplementedError
