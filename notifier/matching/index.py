@@ -4,15 +4,17 @@ Old FMN tested every rule of every user against every message and took seconds p
 message. Here each rule is filed under what it requires, using the most selective
 requirement its conditions give (see :meth:`fedmsg_notify.matching.match.Condition.requirement`):
 an exact topic, a dot-aligned topic prefix or suffix, a run of whole topic segments
-anywhere (``*.bodhi.update.*``), a service, env, username, agent or package, a field's
-value on any path, a field's existence, or a regex prefiltered on its required literal.
-A rule that is only a ``not:`` is filed under the keys that make the negated condition
-hold, and is a candidate for every message that has none of them.
+anywhere (``*.bodhi.update.*``), a service, env, username, agent or package, a severity,
+a field's value on any path (typed as JSON compares it), a field's existence, a numeric or
+string bound (each distinct bound evaluated once per message), a regex's anchored literal
+(``^ralph$``, ``^kernel-``) or a regex prefiltered on its required literal (RE2's
+FilteredRE2). A rule that is only ``not:`` is filed under the keys that make the negated
+condition hold, and is a candidate for every message that has none of them.
 
 For a message we derive the few keys it carries and evaluate only the rules they wake,
-plus the *residual* rules — those with no condition that constrains anything
-(``match: {}``, a lone numeric comparison or an unfilterable regex). The result equals
-brute-force evaluation; a property test checks that.
+plus the *residual* rules — those with no condition the index can use (``match: {}``,
+``contains`` alone, a regex with no literal RE2 can require, ``not:`` around such a
+condition). The result equals brute-force evaluation; a property test checks that.
 """
 
 from __future__ import annotations
