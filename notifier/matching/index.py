@@ -24,7 +24,7 @@ from typing import Any
 
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.matching.fields import STAR, compare, parse_path, value_key
-from fedmsg_notify.matching.match import Condition, Key
+from fedmsg_notify.matching.match import Condition, Exclusion, Key
 from fedmsg_notify.matching.regexes import RegexFilter
 from fedmsg_notify.matching.severity import OPS as SEVERITY_OPS
 from fedmsg_notify.matching.topics import topic_runs
@@ -93,17 +93,16 @@ class RuleIndex:
         negated: list[int] = []
         residual: list[int] = []
         for ordinal, condition in enumerate(conditions):
-            requirement, exclusion = condition.index_entry()
-            if requirement is not None:
-                for key in requirement.keys:
-                    positive.setdefault(key, []).append(ordinal)
-                continue
-            if exclusion:
+            entry = condition.index_entry()
+            if not entry:
+                residual.append(ordinal)
+            elif isinstance(entry, Exclusion):
                 negated.append(ordinal)
-                for key in exclusion:
+                for key in entry:
                     negative.setdefault(key, []).append(ordinal)
-                continue
-            residual.append(ordinal)
+            else:
+                for key in entry:
+                    positive.setdefault(key, []).append(ordinal)
         self.positive = {key: tuple(v) for key, v in positive.items()}
         self.negative = {key: tuple(v) for key, v in negative.items()}
         self.negated = frozenset(negated)
