@@ -201,6 +201,11 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """This interpreter's peak RSS (VmHWM; ru_maxrss would include the parent's, kept over exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -231,16 +236,32 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     (tmp / "config.yaml").write_text(config_text)
-    loading = time.perf_counter()
-    docs, described = population(args.rules, pairs, broad_people=args.watchers)
-    accounts = load_config(tmp / "config.yaml").accounts
-    ruleset = RuleSet.from_documents(docs, accounts)
-    del docs
-    load_seconds = time.perf_counter() - loading
     NullBackend.record = args.rate > 0
-    daemon = Daemon(load_config(tmp / "config.yaml"))
-    daemon.pipeline = dataclasses.replace(daemon.pipeline, rules=ruleset)
-    del ruleset
+    if args.population == "index":
+        # bench_index.py's population (ten rules of every shape per person, plus one firehose),
+        # written as files and loaded by the daemon itself, as it would be in production.
+        from population import RULES_PER_PERSON, write_population
+        from population import load_samples as index_samples
+        from population import population as index_population
+
+        written = index_population(args.rules, index_samples())
+        described = {"rules": sum(len(d["rules"]) for d in written), "people": len(written),
+                     "rules_per_person": RULES_PER_PERSON, "firehoses": 1}
+        write_population(tmp / "rules", written)
+        del written
+        loading = time.perf_counter()
+        daemon = Daemon(load_config(tmp / "config.yaml"))
+        load_seconds = time.perf_counter() - loading
+    else:
+        loading = time.perf_counter()
+        docs, described = population(args.rules, pairs, broad_people=args.watchers)
+        accounts = load_config(tmp / "config.yaml").accounts
+        ruleset = RuleSet.from_documents(docs, accounts)
+        del docs
+        load_seconds = time.perf_counter() - loading
+        daemon = Daemon(load_config(tmp / "config.yaml"))
+        daemon.pipeline = dataclasses.replace(daemon.pipeline, rules=ruleset)
+        del ruleset
     # Warm-up, outside the measurement: the first message of each topic compiles its
     # metadata expressions and the first use of a template compiles it (milliseconds,
     # once per daemon lifetime). Without it, a 10-second latency run's p99 measures those
@@ -434,6 +455,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="messages/s (0: as fast as possible)")
     parser.add_argument(
         "--watchers", type=int, default=WATCHERS, help="people with broad rules (diagnostic; default %(default)s)"
+    )
+    parser.add_argument(
+        "--population", choices=("fmn", "index"), default="fmn", help="fmn: this file's; index: bench/population.py's"
     )
     parser.add_argument("--long-rate", type=float, default=3000.0, help="--long: messages/s (default %(default)s)")
     parser.add_argument("--out", default=str(HERE / "results" / "long.json"))

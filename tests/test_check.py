@@ -102,3 +102,56 @@ def test_check_never_prints_secrets(capsys: pytest.CaptureFixture[str], tmp_path
     output = "\n".join(good + bad)
     for value in secrets.values():
         assert value not in output
+
+
+RESIDUAL_RULES = """\
+rules:
+  - name: bodhi updates
+    match: {topic: "*.bodhi.update.*"}
+    deliver: [{via: out}]
+  - name: everything
+    match: {}
+    deliver: [{via: out}]
+  - name: owners with an a or a b
+    match:
+      field: {path: msg.owner, matches: "a|b"}
+    deliver: [{via: out}]
+  - name: not my copr builds
+    match:
+      not: {topic: "*.copr.build.*"}
+    deliver: [{via: out}]
+"""
+
+
+def residual_config(tmp_path: Path) -> Path:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text(RESIDUAL_RULES, encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text("accounts: {out: {backend: console}}\nrules: [rules]\n", encoding="utf-8")
+    return config
+
+
+def test_check_counts_residual_rules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """check says how many rules the index cannot narrow down (tested for every message), and still passes."""
+    config = residual_config(tmp_path)
+    code, lines = check(capsys, "-c", str(config))
+    assert code == 0
+    assert lines == [
+        f"OK: 4 rules in 1 files (2 residual: tested for every message), 1 account; "
+        f"templates and service files valid ({config})"
+    ]
+
+
+def test_check_strict_refuses_residual_rules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """check --strict names each residual rule at its file:line:col; globs and `not:` around a glob are not residual."""
+    config = residual_config(tmp_path)
+    code, lines = check(capsys, "-c", str(config), "--strict")
+    rules = tmp_path / "rules" / "r.yaml"
+    assert code == 1
+    assert lines == [
+        f"{rules}:5:5: rule 'everything' is residual: no condition narrows which messages it sees, so it is "
+        "tested for every message (add a topic, service, user, package or field equality, or drop --strict)",
+        f"{rules}:8:5: rule 'owners with an a or a b' is residual: no condition narrows which messages it sees, "
+        "so it is tested for every message (add a topic, service, user, package or field equality, or drop --strict)",
+        "2 problems found",
+    ]

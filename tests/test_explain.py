@@ -158,6 +158,8 @@ def test_explain_json(
         ("failed builds", False, "field msg.new in [3]: got 0"),
         ("everything", True, None),
     ]
+    # `match: {}` is the one rule the index cannot narrow down.
+    assert result["index"] == {"rules": 3, "residual": 1}
     renders = expected_renders(load_config(config_path), envelope)
     assert [(d["destination"], d["rule"], d["rendered"]) for d in result["deliveries"]] == [
         ("libera:#ralph", "my builds", renders["libera:#ralph"]),

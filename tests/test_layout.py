@@ -217,7 +217,6 @@ def test_the_forbidden_map_names_real_parts() -> None:
             assert any(_is_under(m, prefix) or m.startswith(prefix) for m in MODULES), prefix
 
 
-@pytest.mark.xfail(strict=True, reason="the big modules are split in the following commits")
 def test_no_module_is_over_the_size_limit() -> None:
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}

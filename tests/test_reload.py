@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fedmsg_notify.bus.zeromq import Publisher
@@ -118,3 +119,50 @@ async def test_reload_picks_up_a_changed_template_and_keeps_a_removed_accounts_q
             publisher.close(linger_ms=0)
         daemon.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_reload_builds_the_new_rules_off_the_event_loop(
+    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a slow reload compiles the new rule set, the event loop (intake) keeps running; a broken set is refused."""
+    import time
+
+    from fedmsg_notify.daemon import lifecycle
+
+    config = write(tmp_path, endpoint, f"  rec: {{backend: '{RECORDER}'}}\n", "{{ topic }}")
+    daemon = Daemon(load_config(config), shutdown_timeout=1.0)
+    real = lifecycle.build_pipeline
+    slept: list[float] = []
+
+    def slow(cfg: Any) -> Any:
+        time.sleep(0.5)  # what compiling 100k rules costs, blocking its thread
+        slept.append(0.5)
+        return real(cfg)
+
+    monkeypatch.setattr(lifecycle, "build_pipeline", slow)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(ticker())
+    try:
+        old = daemon.pipeline
+        started = time.monotonic()
+        assert await daemon.reload() is True
+        took = time.monotonic() - started
+        assert daemon.pipeline is not old
+        assert slept == [0.5] and took >= 0.5, "the slow build did not run"
+        # Blocked, the loop would show one gap of the whole 0.5 s; in a thread it keeps ticking.
+        assert gaps and max(gaps) < 0.4, f"the loop stalled {max(gaps or [0]):.2f} s during a 0.5 s reload"
+        (tmp_path / "rules" / "a.yaml").write_text("rules:\n  - {name: all, match: {topic: [}, deliver: [{via: rec}]}\n")
+        kept = daemon.pipeline
+        assert await daemon.reload() is False
+        assert daemon.pipeline is kept
+    finally:
+        beat.cancel()

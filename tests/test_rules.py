@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import re2
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.bus.envelope import MalformedMessage, Message
 from fedmsg_notify.commands.demo import demo_config_text
@@ -303,7 +304,24 @@ def vocabulary(pairs: list[tuple[Message, Meta]]) -> dict[str, list[str]]:
         "services": [*sorted({m.parts.service for m, _ in pairs}), "nosuch"],
         "users": [*sorted({u for _, x in pairs for u in x.usernames}), "nobody"],
         "packages": [*sorted({p for _, x in pairs for p in x.packages}), "nopkg"],
+        "leaves": sorted({(path, json.dumps(value)) for m, _ in pairs for path, value in leaf_paths(m.envelope)}),
     }
+
+
+def leaf_paths(node: Any, path: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """``(path, scalar)`` for the scalars of an envelope, as a rule would name them (lists as ``[*]`` and ``[0]``)."""
+    if isinstance(node, dict) and depth < 4:
+        out = []
+        for key, child in list(node.items())[:12]:
+            if isinstance(key, str) and key and all(c not in key for c in ".[]") and key.strip() == key:
+                out.extend(leaf_paths(child, f"{path}.{key}" if path else key, depth + 1))
+        return out
+    if isinstance(node, list) and depth < 4 and path and node:
+        out = [item for child in node[:3] for item in leaf_paths(child, path + "[*]", depth + 1)]
+        return out + leaf_paths(node[0], path + "[0]", depth + 1)
+    if isinstance(node, (str, int, float, bool)) or node is None:
+        return [(path, node)] if path and (not isinstance(node, str) or len(node) < 80) else []
+    return []
 
 
 def condition_strategy(vocab: dict[str, list[str]]) -> st.SearchStrategy[dict[str, Any]]:
@@ -318,9 +336,63 @@ def condition_strategy(vocab: dict[str, list[str]]) -> st.SearchStrategy[dict[st
             return "*." + ".".join(parts[cut:])
         if mode == 3:
             return "*" + parts[cut] + "*"
-        return ".".join("?" * len(p) if n == cut else p for n, p in enumerate(parts))
+        if mode == 4:
+            return ".".join("?" * len(p) if n == cut else p for n, p in enumerate(parts))
+        if mode == 5:
+            # Both ends wild around whole segments: *.bodhi.update.*
+            return "*." + ".".join(parts[cut : cut + 2]) + ".*"
+        if mode == 6:
+            # Wild in the middle: org.*.bodhi.update.* or org.fedoraproject.*.comment
+            return ".".join(parts[:1]) + ".*." + ".".join(parts[cut:])
+        if mode == 7:
+            # Several stars, partial segments and classes.
+            return "*" + ".".join(parts[cut:cut + 1])[1:] + "*." + "*".join(parts[cut + 1 : cut + 3]) + "*"
+        if mode == 8:
+            return ".".join(parts[:cut]) + "*" + "[a-z]" + ".".join(parts[cut + 1 :])[1:]
+        return "*." + parts[cut] + "*"
 
-    globs = st.builds(glob, st.sampled_from(vocab["topics"]), st.integers(0, 8), st.integers(0, 4))
+    globs = st.builds(glob, st.sampled_from(vocab["topics"]), st.integers(0, 8), st.integers(0, 9))
+
+    def regex(leaf: tuple[str, str], cut: int, mode: int) -> dict[str, Any]:
+        path, raw = leaf
+        text = str(json.loads(raw))
+        piece = text[cut % max(1, len(text)) :][: 3 + cut % 7]
+        patterns = [
+            "^" + re2.escape(text) + "$",
+            re2.escape(piece),
+            "(?i)" + re2.escape(piece.upper()),
+            re2.escape(piece) + r"\d*" + "|" + re2.escape(text[:4]) + "x",
+            "^" + re2.escape(text[:2]),
+            ".",
+            "(" + re2.escape(piece) + ")+[0-9]?" + re2.escape(text[-3:]),
+        ]
+        return {"field": {"path": path, "matches": patterns[mode % len(patterns)]}}
+
+    def equality(leaf: tuple[str, str], mode: int, other: tuple[str, str]) -> dict[str, Any]:
+        path, raw = leaf
+        value = json.loads(raw)
+        if mode == 0:
+            return {"field": {"path": path, "equals": value}}
+        if mode == 1:
+            return {"field": {"path": path, "in": [value, json.loads(other[1])]}}
+        if mode == 2:
+            # The same value on another path, or another type (1 against 1.0 and true).
+            flipped = float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            return {"field": {"path": other[0], "equals": flipped}}
+        if mode in (3, 4):
+            return {"field": {"path": path, "exists": mode == 3}}
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            # Bounds at the value itself: gt/lt fail there, ge/le hold.
+            return {"field": {"path": path, ("gt", "ge", "lt", "le")[mode % 4]: value}}
+        return {"field": {"path": path, "gt": 0}}
+
+    # Indices, not sampled_from: hypothesis would print the whole list of leaves in reprs.
+    scalars = vocab["leaves"]
+
+    def leaf(n: int) -> tuple[str, str]:
+        return scalars[n]
+
+    leaves_of = st.integers(0, len(scalars) - 1).map(leaf)
     leaves = st.one_of(
         st.builds(lambda g: {"topic": g}, st.one_of(globs, st.lists(globs, min_size=1, max_size=3))),
         st.builds(lambda s: {"service": s}, st.lists(st.sampled_from(vocab["services"]), min_size=1, max_size=3)),
@@ -335,6 +407,12 @@ def condition_strategy(vocab: dict[str, list[str]]) -> st.SearchStrategy[dict[st
         ),
         st.builds(lambda v: {"field": {"path": "msg.owner", "equals": v}}, st.sampled_from(vocab["users"])),
         st.builds(lambda p: {"field": {"path": "topic", "matches": p}}, st.sampled_from(vocab["pieces"])),
+        st.builds(regex, leaves_of, st.integers(0, 40), st.integers(0, 6)),
+        st.builds(equality, leaves_of, st.integers(0, 8), leaves_of),
+        st.builds(
+            lambda s: {"severity": s},
+            st.sampled_from(["info", ["debug", "error"], {"ge": "warning"}, {"lt": "info"}, {"le": 20}, 30]),
+        ),
     )
 
     def merge(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -394,7 +472,9 @@ def test_index_skips_rules_that_cannot_match(sample_pairs: list[tuple[Message, M
         )
     rules.append({"name": "firehose", "match": {"not": {"topic": "*.buildsys.tag"}}, "deliver": [{"via": "out"}]})
     ruleset = RuleSet.from_documents([LocatedDocument(file="<g>", data={"rules": rules})], accounts)
-    assert ruleset.index.stats()["residual"] == 1
+    # The firehose is a `not:` around a suffix glob: filed under what excludes it, not residual.
+    assert ruleset.index.stats()["residual"] == 0
+    assert ruleset.index.stats()["negated"] == 1
     message = msg("org.fedoraproject.prod.buildsys.build.state.change")
     candidates = ruleset.index.candidates(message, meta(agent="user7", usernames=("user7",), packages=("pkg9",)))
     names = sorted(ruleset.rules[n].rule.name for n in candidates)
@@ -421,3 +501,32 @@ def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "deep.yaml", "rules: " + "[" * 5000 + "]" * 5000 + "\n")
     found = problems(tmp_path)
     assert found == ["deep.yaml:1:1: rule file is nested too deeply"]
+
+
+def test_every_rule_shape_is_found_through_the_index() -> None:
+    """Globs of any shape, typed field equality, regexes, `not:` and `any:` are indexed: none is tested on every message."""
+    accounts = load_config("<c>", "accounts: {out: {backend: console}}").accounts
+    shapes: dict[str, Any] = {
+        "both ends wild": {"topic": "*.bodhi.update.*"},
+        "wild in the middle": {"topic": "org.*.copr.build.*"},
+        "several stars": {"topic": "*.pagure.*.comment.*"},
+        "number equality": {"field": {"path": "msg.new", "equals": 3}},
+        "boolean equality": {"field": {"path": "msg.flag", "equals": True}},
+        "unanchored regex": {"field": {"path": "msg.comment", "matches": "\\bralph\\b"}},
+        "anchored regex": {"field": {"path": "msg.name", "matches": "^eclipse-"}},
+        "exists": {"field": {"path": "msg.update.alias", "exists": True}},
+        "not around a glob": {"not": {"topic": "*.buildsys.repo.*"}},
+        "any of indexed": {"any": [{"users": "ralph"}, {"packages": "kernel"}]},
+        "number bound": {"field": {"path": "msg.new", "ge": 2}},
+        "severity bound": {"severity": {"ge": "warning"}},
+        "exists false": {"field": {"path": "msg.update", "exists": False}},
+    }
+    rules = [{"name": name, "match": match, "deliver": [{"via": "out"}]} for name, match in shapes.items()]
+    ruleset = RuleSet.from_documents([LocatedDocument(file="<g>", data={"rules": rules})], accounts)
+    assert ruleset.residual_rules() == []
+    build = msg("org.fedoraproject.prod.buildsys.build.state.change", {"new": 1, "name": "eclipse-ptp", "flag": False})
+    woken = {ruleset.rules[n].rule.name for n in ruleset.index.candidates(build, meta(usernames=("ralph",)))}
+    assert woken == {"anchored regex", "not around a glob", "any of indexed", "exists false"}
+    repo = msg("org.fedoraproject.prod.buildsys.repo.done", {"comment": "thanks ralph!", "new": 3})
+    woken = {ruleset.rules[n].rule.name for n in ruleset.index.candidates(repo, meta())}
+    assert woken == {"unanchored regex", "number equality", "number bound", "exists false"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmsg_notify.config.model import Config, load_cli_config
-from fedmsg_notify.config.yaml_positions import Problem, ProblemsError
+from fedmsg_notify.config.yaml_positions import Position, Problem, ProblemsError
 from fedmsg_notify.matching.rules import RuleSet
 
 
@@ -37,13 +37,33 @@ def _optional_check(module: str, attr: str, *args: Any) -> list[Problem]:
     return list(checker.check())
 
 
-def check_config(config: Config) -> tuple[list[Problem], str]:
-    """Every problem in the rules, templates and service files ``config`` names, plus a summary."""
+def residual_problems(ruleset: RuleSet) -> list[Problem]:
+    """``check --strict``: one problem per rule the index cannot narrow down, at the rule's position."""
+    return [
+        Problem(
+            Position(rule.rule.file, rule.rule.line, rule.rule.column),
+            f"rule '{rule.rule.name}' is residual: no condition narrows which messages it sees, so it is "
+            "tested for every message (add a topic, service, user, package or field equality, or drop --strict)",
+        )
+        for rule in ruleset.residual_rules()
+    ]
+
+
+def check_config(config: Config, *, strict: bool = False) -> tuple[list[Problem], str]:
+    """Every problem in the rules, templates and service files ``config`` names, plus a summary.
+
+    With ``strict``, residual rules (tested for every message) are problems too.
+    """
     problems: list[Problem] = []
     summary = ""
     try:
         ruleset = RuleSet.load(config.rule_paths, config.accounts)
         summary = f"{len(ruleset)} rules in {ruleset.files} files"
+        residual = len(ruleset.residual_rules())
+        if residual:
+            summary += f" ({residual} residual: tested for every message)"
+        if strict:
+            problems.extend(residual_problems(ruleset))
     except ProblemsError as exc:
         problems.extend(exc.problems)
     problems.extend(_optional_check("fedmsg_notify.render.renderer", "Renderer", config.template_paths))
@@ -77,7 +97,7 @@ def run_check(args: argparse.Namespace) -> int:
             print(problem)
         print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} in the configuration")
         return 1
-    problems, summary = check_config(config)
+    problems, summary = check_config(config, strict=bool(getattr(args, "strict", False)))
     from fedmsg_notify.commands.check_routes import library_warnings
 
     # Warnings (a missing optional library) are printed but do not fail the check.

@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate config, rules and templates")
     config_opt(p)
+    p.add_argument("--strict", action="store_true", help="also refuse rules the index cannot narrow down (residual)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("explain", help="dry run: which rules match a message and what each destination gets")

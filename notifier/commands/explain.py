@@ -168,6 +168,8 @@ class Explainer:
             "topic": message.topic,
             "meta": meta.as_dict(),
             "rules": [verdict.as_dict() for verdict in verdicts],
+            # Rules the index cannot narrow down: tested for every message (`check --strict` refuses them).
+            "index": {"rules": len(self.rules), "residual": len(self.rules.residual_rules())},
             "deliveries": deliveries,
         }
 
@@ -182,6 +184,12 @@ def format_text(result: dict[str, Any]) -> str:
         if isinstance(value, (list, tuple)):
             value = ", ".join(value) if value else "(none)"
         lines.append(f"  {key}: {'(none)' if value is None else value}")
+    index = result.get("index")
+    if index is not None:
+        lines.append(
+            f"index: {index['rules']} rules, {index['residual']} residual (tested for every message; "
+            "`check --strict` refuses them)"
+        )
     lines.append("rules:")
     for verdict in result["rules"]:
         mark = "matched" if verdict["matched"] else "no     "

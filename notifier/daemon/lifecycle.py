@@ -69,6 +69,12 @@ def build_pipeline(config: Config) -> Pipeline:
     )
 
 
+def _build_all(source: str) -> tuple[Config, Pipeline, Any]:
+    """Everything a reload swaps in, built off the event loop (see :meth:`Daemon.reload`)."""
+    config = load_config(source)
+    return config, build_pipeline(config), make_verifier(config.signatures)
+
+
 class Daemon(BusIntake, Chores):
     def __init__(
         self,
@@ -103,6 +109,7 @@ class Daemon(BusIntake, Chores):
         self.workers: dict[str, DestinationWorker] = {}
         self.digests: DigestScheduler | None = None
         self.reloads = 0
+        self._reload_lock = asyncio.Lock()
         # The HTTP server of the web backend, when the config has a `web:` section.
         self.web: Any = None
         self._stop = asyncio.Event()
@@ -204,12 +211,19 @@ class Daemon(BusIntake, Chores):
         return worker
 
     async def reload(self) -> bool:
-        """Build the new config, rules, templates and backends; swap them in only if all are valid."""
+        """Build the new config, rules, templates and backends; swap them in only if all are valid.
+
+        Reloads run one at a time: a second SIGHUP waits for the first, so sets swap in order.
+        """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         systemd.reloading()
         try:
-            config = load_config(self.config.source)
-            pipeline = build_pipeline(config)
-            verifier = make_verifier(config.signatures)
+            # In a worker thread: compiling 100k rules takes seconds, and intake keeps running
+            # on the previous set meanwhile; the swap below happens on the loop, all at once.
+            config, pipeline, verifier = await asyncio.to_thread(_build_all, self.config.source)
         except ProblemsError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)

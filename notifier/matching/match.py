@@ -1,22 +1,24 @@
 """Match conditions: compiled once when rules load, evaluated for every message.
 
 A rule's ``match`` mapping becomes a small tree of :class:`Condition` objects. Each
-condition answers three questions: does it hold for this message (``test``, the hot
-path), why not (``why_not``, for ``explain``), and what must a message have for it
-to possibly hold (``requirement``, for the candidate index in :mod:`index`).
+condition answers four questions: does it hold for this message (``test``, the hot
+path), why not (``why_not``, for ``explain``), what must a message have for it to
+possibly hold (``requirement``), and what makes it hold for certain (``sufficient``).
+The candidate index (:mod:`index`) files a rule under its requirement, or, for a
+``not:``, under the keys that make the negated condition hold (``exclusion``).
 
-User-written regexes run on RE2 (``google-re2``): matching time is linear in the
-input, so no pattern can stall the daemon (SPEC "Hostile input"). Topic globs are
-translated to RE2 too, with plain string tests for the common shapes.
+This module holds the base, the metadata conditions and the combinations; topic globs
+are in :mod:`topics`, field paths and operators in :mod:`fields`. User-written regexes
+run on RE2 (``google-re2``): matching time is linear in the input, so no pattern can
+stall the daemon (SPEC "Hostile input").
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 import re2
 from fedmsg_notify.bus.envelope import Message
@@ -33,12 +35,11 @@ class PatternError(ValueError):
     """A regex or glob that cannot be compiled; the message says why."""
 
 
-@functools.lru_cache(maxsize=16384)
 def compile_regex(pattern: str) -> Any:
     """Compile ``pattern`` with RE2, raising :class:`PatternError` with RE2's reason.
 
-    Cached: thousands of users' rule files repeat the same few patterns, and a
-    compiled RE2 program is immutable, so they can share it.
+    Not cached here: equal conditions are compiled once by the rule compiler, and
+    compiled programs of 100k users' distinct regexes would otherwise outlive their rules.
     """
     try:
         return re2.compile(pattern, _RE2_OPTIONS)
@@ -63,24 +64,54 @@ def show_list(values: Sequence[Any]) -> str:
     return show(values[0]) if len(values) == 1 else show(list(values))
 
 
+# ``(kind, value)``: what the index looks up. Kinds: topic, tprefix, tsuffix, trun (a run of
+# whole middle segments), service, env, user, agent, package, severity, field
+# ((path, value_key)), exists (path), regex ((path, pattern)).
+Key = tuple[str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Requirement:
     """What a message must carry for a condition to hold: any one of ``keys``.
 
-    Keys are ``(kind, value)`` pairs the index knows how to look up (exact topic,
-    dot-aligned topic prefix or suffix, service, user, agent, package). A higher
+    Keys are ``(kind, value)`` pairs the index knows how to look up. A higher
     ``score`` means fewer messages are expected to carry the key, so the index
     files the rule under the most selective requirement it has.
     """
 
-    keys: frozenset[tuple[str, str]]
+    keys: frozenset[Key]
     score: int
+
+
+class Exclusion(tuple[Key, ...]):
+    """Index keys of a ``not:``: the rule is a candidate for messages that have none of them."""
+
+    __slots__ = ()
 
 
 class Condition:
     """Base of every compiled condition."""
 
-    __slots__ = ()
+    # What the index files this condition under, worked out once: conditions are immutable
+    # and outlive reloads in the per-file cache, so a reload does not recompute 100k of them.
+    __slots__ = ("_entry",)
+    _entry: tuple[Key, ...]
+
+    def index_entry(self) -> tuple[Key, ...]:
+        """The keys the index files this condition under: a plain tuple for a requirement,
+        an :class:`Exclusion` for a ``not:``, empty when residual. Tuples, not the frozensets
+        they come from: kept for every rule, a frozenset costs 200 bytes more."""
+        try:
+            return self._entry
+        except AttributeError:
+            requirement = self.requirement()
+            if requirement is not None:
+                entry: tuple[Key, ...] = tuple(requirement.keys)
+            else:
+                exclusion = self.exclusion()
+                entry = Exclusion(exclusion) if exclusion else ()
+            self._entry = entry
+            return entry
 
     def test(self, message: Message, meta: Meta) -> bool:
         raise NotImplementedError
@@ -94,6 +125,14 @@ class Condition:
 
     def requirement(self) -> Requirement | None:
         """Keys one of which every matching message has; ``None`` if the condition cannot be indexed."""
+        return None
+
+    def sufficient(self) -> frozenset[Key]:
+        """Keys any one of which makes the condition hold for certain (empty: none do)."""
+        return frozenset()
+
+    def exclusion(self) -> frozenset[Key] | None:
+        """Keys none of which a matching message has (from ``not:``); ``None`` if there are none."""
         return None
 
 
@@ -112,170 +151,14 @@ class Everything(Condition):
         return "everything"
 
 
-# --- topics -----------------------------------------------------------------------------------------
-
-
-class Glob:
-    """One topic glob: ``*`` is any run of characters (dots included), ``?`` one character,
-    ``[abc]`` / ``[!abc]`` a character class; everything else is literal."""
-
-    __slots__ = ("exact", "kind", "literal", "pattern", "regex")
-
-    def __init__(self, pattern: str) -> None:
-        self.pattern = pattern
-        tokens = _glob_tokens(pattern)
-        stars = [n for n, t in enumerate(tokens) if t == ("*",)]
-        literal_only = all(t[0] == "lit" for t in tokens if t != ("*",))
-        self.regex: Any = None
-        self.literal = ""
-        self.exact = False
-        # Plain string tests for the shapes people write; RE2 for the rest.
-        if not stars and literal_only:
-            self.kind = "exact"
-            self.literal = "".join(t[1] for t in tokens)
-            self.exact = True
-        elif literal_only and len(stars) == 1 and stars[0] == len(tokens) - 1:
-            self.kind = "prefix"
-            self.literal = "".join(t[1] for t in tokens[:-1])
-        elif literal_only and len(stars) == 1 and stars[0] == 0:
-            self.kind = "suffix"
-            self.literal = "".join(t[1] for t in tokens[1:])
-        elif literal_only and len(stars) == 2 and stars == [0, len(tokens) - 1] and len(tokens) > 2:
-            self.kind = "infix"
-            self.literal = "".join(t[1] for t in tokens[1:-1])
-        else:
-            self.kind = "regex"
-            self.regex = compile_regex("(?s)" + "".join(_token_regex(t) for t in tokens))
-
-    def __call__(self, topic: str) -> bool:
-        kind = self.kind
-        if kind == "exact":
-            return topic == self.literal
-        if kind == "prefix":
-            return topic.startswith(self.literal)
-        if kind == "suffix":
-            return topic.endswith(self.literal)
-        if kind == "infix":
-            return self.literal in topic
-        return self.regex.fullmatch(topic) is not None
-
-    def index_key(self) -> tuple[tuple[str, str], int] | None:
-        """The index key and its selectivity score, from the literal text the glob pins down."""
-        if self.exact:
-            # Below users and packages: one exact topic (koji build state changes) can be a
-            # large share of all traffic, while a username or package is a tiny one.
-            return ("topic", self.literal), 40
-        tokens = _glob_tokens(self.pattern)
-        head = _literal_run(tokens)
-        tail = _literal_run(list(reversed(tokens)))[::-1]
-        candidates: list[tuple[tuple[str, str], int]] = []
-        # Only dot-aligned pieces are indexed, so the lookup per message is a few
-        # dictionary probes (one per dot in the topic), whatever the patterns are.
-        cut = head.rfind(".")
-        if cut > 0:
-            prefix = head[: cut + 1]
-            # org.fedoraproject.prod. is shared by nearly every topic: only segments
-            # after the first three really narrow things down.
-            candidates.append((("tprefix", prefix), prefix.count(".") - 3))
-        cut = tail.find(".")
-        if cut >= 0 and cut < len(tail) - 1:
-            suffix = tail[cut:]
-            candidates.append((("tsuffix", suffix), 5 * suffix.count(".")))
-        if not candidates:
-            return None
-        best = max(candidates, key=lambda item: item[1])
-        return best if best[1] > 0 else None
-
-
-@functools.lru_cache(maxsize=16384)
-def glob(pattern: str) -> Glob:
-    """A compiled :class:`Glob`, shared between rules that write the same pattern."""
-    return Glob(pattern)
-
-
-def _glob_tokens(pattern: str) -> list[tuple[str, ...]]:
-    """``("*",)``, ``("?",)``, ``("class", regex)`` or ``("lit", char)`` per element."""
-    tokens: list[tuple[str, ...]] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        if char == "*":
-            if not tokens or tokens[-1] != ("*",):
-                tokens.append(("*",))
-            i += 1
-        elif char == "?":
-            tokens.append(("?",))
-            i += 1
-        elif char == "[":
-            end = pattern.find("]", i + 2 if i + 1 < n and pattern[i + 1] in "!]" else i + 1)
-            if end < 0:
-                tokens.append(("lit", char))
-                i += 1
-                continue
-            body = pattern[i + 1 : end]
-            negate = body.startswith("!")
-            if negate:
-                body = body[1:]
-            escaped = "".join("\\" + c if c in "\\^[]" else c for c in body)
-            tokens.append(("class", ("[^" if negate else "[") + escaped + "]"))
-            i = end + 1
-        else:
-            tokens.append(("lit", char))
-            i += 1
-    return tokens
-
-
-def _token_regex(token: tuple[str, ...]) -> str:
-    if token == ("*",):
-        return ".*"
-    if token == ("?",):
-        return "."
-    if token[0] == "class":
-        return token[1]
-    return str(re2.escape(token[1]))
-
-
-def _literal_run(tokens: Sequence[tuple[str, ...]]) -> str:
-    out = []
-    for token in tokens:
-        if token[0] != "lit":
-            break
-        out.append(token[1])
-    return "".join(out)
-
-
-class Topic(Condition):
-    __slots__ = ("globs",)
-
-    def __init__(self, globs: Sequence[Glob]) -> None:
-        self.globs = tuple(globs)
-
-    def test(self, message: Message, meta: Meta) -> bool:
-        topic = message.topic
-        # Explicit loops: this runs for every candidate rule, and a generator costs more
-        # than the comparison it wraps.
-        for pattern in self.globs:  # noqa: SIM110
-            if pattern(topic):
-                return True
-        return False
-
-    def why_not(self, message: Message, meta: Meta) -> str | None:
-        return None if self.test(message, meta) else f"{self.describe()}: got {show(message.topic)}"
-
-    def describe(self) -> str:
-        return f"topic {show_list([g.pattern for g in self.globs])}"
-
-    def requirement(self) -> Requirement | None:
-        keys = []
-        for pattern in self.globs:
-            found = pattern.index_key()
-            if found is None:
-                return None
-            keys.append(found)
-        return Requirement(frozenset(k for k, _ in keys), min(s for _, s in keys))
-
-
 # --- topic parts and metadata -----------------------------------------------------------------------
+
+
+def _lookup(written: tuple[str, ...]) -> tuple[str, ...] | frozenset[str]:
+    """What ``in`` tests against: the written tuple itself when short (a frozenset costs
+    over 200 bytes, and most rules name one user or a few packages), else a frozenset."""
+    return written if len(written) <= 8 else frozenset(written)
+
 
 
 class _OneOf(Condition):
@@ -283,12 +166,12 @@ class _OneOf(Condition):
 
     __slots__ = ("values", "written")
     label: ClassVar[str] = ""
-    index_kind: ClassVar[str | None] = None
+    index_kind: ClassVar[str] = ""
     score: ClassVar[int] = 0
 
     def __init__(self, values: Iterable[str]) -> None:
         self.written = tuple(values)
-        self.values = frozenset(self.written)
+        self.values = _lookup(self.written)
 
     def attribute(self, message: Message, meta: Meta) -> str | None:
         raise NotImplementedError
@@ -306,9 +189,10 @@ class _OneOf(Condition):
         return f"{self.label} {show_list(self.written)}"
 
     def requirement(self) -> Requirement | None:
-        if self.index_kind is None:
-            return None
-        return Requirement(frozenset((self.index_kind, v) for v in self.values), self.score)
+        return Requirement(self.sufficient(), self.score)
+
+    def sufficient(self) -> frozenset[Key]:
+        return frozenset((self.index_kind, v) for v in self.values)
 
 
 class Service(_OneOf):
@@ -324,6 +208,8 @@ class Service(_OneOf):
 class Env(_OneOf):
     __slots__ = ()
     label = "env"
+    index_kind = "env"
+    score = 1
 
     def attribute(self, message: Message, meta: Meta) -> str | None:
         return message.parts.env
@@ -348,13 +234,17 @@ class _AnyOf(Condition):
 
     def __init__(self, values: Iterable[str]) -> None:
         self.written = tuple(values)
-        self.values = frozenset(self.written)
+        self.values = _lookup(self.written)
 
     def attribute(self, meta: Meta) -> Sequence[str]:
         raise NotImplementedError
 
     def test(self, message: Message, meta: Meta) -> bool:
-        return not self.values.isdisjoint(self.attribute(meta))
+        values = self.values
+        for name in self.attribute(meta):  # noqa: SIM110 (hot path: no generator)
+            if name in values:
+                return True
+        return False
 
     def why_not(self, message: Message, meta: Meta) -> str | None:
         if self.test(message, meta):
@@ -365,7 +255,10 @@ class _AnyOf(Condition):
         return f"{self.label} {show_list(self.written)}"
 
     def requirement(self) -> Requirement | None:
-        return Requirement(frozenset((self.index_kind, v) for v in self.values), 50)
+        return Requirement(self.sufficient(), 50)
+
+    def sufficient(self) -> frozenset[Key]:
+        return frozenset((self.index_kind, v) for v in self.values)
 
 
 class Users(_AnyOf):
@@ -384,162 +277,6 @@ class Packages(_AnyOf):
 
     def attribute(self, meta: Meta) -> Sequence[str]:
         return meta.packages
-
-
-# --- fields -----------------------------------------------------------------------------------------
-
-STAR: Final = object()
-FIELD_OPS: Final = ("equals", "in", "matches", "contains", "exists", "gt", "ge", "lt", "le")
-
-
-def parse_path(path: str) -> tuple[Any, ...]:
-    """``msg.update.builds[*].nvr`` → ``("msg", "update", "builds", STAR, "nvr")``; ``[2]`` indexes."""
-    segments: list[Any] = []
-    if not path or path.strip() != path:
-        raise ValueError(f"invalid field path {path!r}: expected dotted keys like msg.update.builds[*].nvr")
-    for part in path.split("."):
-        name, bracket, rest = part.partition("[")
-        if not name and not segments:
-            raise ValueError(f"invalid field path {path!r}: it must start with a key, e.g. msg")
-        if not name and bracket and segments:
-            raise ValueError(f"invalid field path {path!r}: empty key before '['")
-        if not name:
-            raise ValueError(f"invalid field path {path!r}: empty key between dots")
-        if "]" in name:
-            raise ValueError(f"invalid field path {path!r}: ']' without '['")
-        segments.append(name)
-        rest = bracket + rest
-        while rest:
-            if not rest.startswith("[") or "]" not in rest:
-                raise ValueError(f"invalid field path {path!r}: expected [*] or [N] after {name!r}")
-            inside, _, rest = rest[1:].partition("]")
-            if inside == "*":
-                segments.append(STAR)
-            elif inside.isdigit():
-                segments.append(int(inside))
-            else:
-                raise ValueError(f"invalid field path {path!r}: [{inside}] is neither [*] nor an index")
-    return tuple(segments)
-
-
-def field_key(path: str, value: str) -> str:
-    """The index key of "the field at ``path`` equals ``value``" (NUL cannot occur in a path)."""
-    return f"{path}\0{value}"
-
-
-def resolve(node: Any, segments: Sequence[Any], start: int, out: list[Any]) -> None:
-    """Append every value ``segments`` reaches from ``node`` (``[*]`` fans out)."""
-    for position in range(start, len(segments)):
-        segment = segments[position]
-        if segment is STAR:
-            if isinstance(node, list):
-                children: Iterable[Any] = node
-            elif isinstance(node, dict):
-                children = node.values()
-            else:
-                return
-            for child in children:
-                resolve(child, segments, position + 1, out)
-            return
-        if isinstance(segment, int):
-            if not isinstance(node, list) or segment >= len(node):
-                return
-            node = node[segment]
-        else:
-            if not isinstance(node, dict) or segment not in node:
-                return
-            node = node[segment]
-    out.append(node)
-
-
-def same(a: Any, b: Any) -> bool:
-    """JSON equality: ``true`` is not ``1``, ``1`` is ``1.0``."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    return type(a) is type(b) and bool(a == b)
-
-
-def _ordered(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` can be compared with < (numbers with numbers, strings with strings)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return False
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return True
-    return isinstance(a, str) and isinstance(b, str)
-
-
-class Field(Condition):
-    __slots__ = ("expected", "op", "path", "regex", "segments")
-
-    def __init__(self, path: str, op: str, expected: Any) -> None:
-        if op not in FIELD_OPS:
-            raise ValueError(f"unknown operator {op!r}")
-        self.path = path
-        self.segments = parse_path(path)
-        self.op = op
-        self.expected = expected
-        self.regex: Any = compile_regex(expected) if op == "matches" else None
-
-    def values(self, message: Message) -> list[Any]:
-        out: list[Any] = []
-        resolve(message.envelope, self.segments, 0, out)
-        return out
-
-    def test(self, message: Message, meta: Meta) -> bool:
-        values = self.values(message)
-        op = self.op
-        if op == "exists":
-            return bool(values) == bool(self.expected)
-        return any(self.holds(value) for value in values)
-
-    def holds(self, value: Any) -> bool:
-        op, expected = self.op, self.expected
-        if op == "equals":
-            return same(value, expected)
-        if op == "in":
-            return any(same(value, option) for option in expected)
-        if op == "matches":
-            return isinstance(value, str) and self.regex.search(value) is not None
-        if op == "contains":
-            if isinstance(value, str):
-                return isinstance(expected, str) and expected in value
-            if isinstance(value, list):
-                return any(same(item, expected) for item in value)
-            if isinstance(value, dict):
-                return isinstance(expected, str) and expected in value
-            return False
-        if not _ordered(value, expected):
-            return False
-        if op == "gt":
-            return bool(value > expected)
-        if op == "ge":
-            return bool(value >= expected)
-        if op == "lt":
-            return bool(value < expected)
-        return bool(value <= expected)  # le
-
-    def requirement(self) -> Requirement | None:
-        # "msg.owner equals $me" is as selective as a username: index string equality.
-        if self.op == "equals" and isinstance(self.expected, str):
-            return Requirement(frozenset({("field", field_key(self.path, self.expected))}), 60)
-        if self.op == "in" and self.expected and all(isinstance(v, str) for v in self.expected):
-            return Requirement(frozenset(("field", field_key(self.path, v)) for v in self.expected), 60)
-        return None
-
-    def why_not(self, message: Message, meta: Meta) -> str | None:
-        if self.test(message, meta):
-            return None
-        values = self.values(message)
-        if not values:
-            got = "nothing (no such field)"
-        else:
-            got = show_list(values)
-        return f"{self.describe()}: got {got}"
-
-    def describe(self) -> str:
-        return f"field {self.path} {self.op} {show(self.expected)}"
 
 
 # --- combinations -----------------------------------------------------------------------------------
@@ -577,6 +314,22 @@ class All(Condition):
                 best = found
         return best
 
+    def sufficient(self) -> frozenset[Key]:
+        # A key makes every child hold only if it makes each of them hold.
+        common = self.children[0].sufficient()
+        for child in self.children[1:]:
+            common &= child.sufficient()
+        return common
+
+    def exclusion(self) -> frozenset[Key] | None:
+        # Every child holds, so every `not:` among them excludes its keys.
+        keys: frozenset[Key] = frozenset()
+        for child in self.children:
+            found = child.exclusion()
+            if found:
+                keys |= found
+        return keys or None
+
 
 class AnyOf(Condition):
     __slots__ = ("children",)
@@ -600,7 +353,7 @@ class AnyOf(Condition):
         return "(" + " or ".join(child.describe() for child in self.children) + ")"
 
     def requirement(self) -> Requirement | None:
-        keys: set[tuple[str, str]] = set()
+        keys: set[Key] = set()
         score = None
         for child in self.children:
             found = child.requirement()
@@ -609,6 +362,12 @@ class AnyOf(Condition):
             keys |= found.keys
             score = found.score if score is None else min(score, found.score)
         return Requirement(frozenset(keys), score or 0)
+
+    def sufficient(self) -> frozenset[Key]:
+        out: frozenset[Key] = frozenset()
+        for child in self.children:
+            out |= child.sufficient()
+        return out
 
 
 class Not(Condition):
@@ -627,3 +386,14 @@ class Not(Condition):
 
     def describe(self) -> str:
         return f"not {self.child.describe()}"
+
+    def requirement(self) -> Requirement | None:
+        # not: {not: X} is X.
+        return self.child.child.requirement() if isinstance(self.child, Not) else None
+
+    def sufficient(self) -> frozenset[Key]:
+        return self.child.child.sufficient() if isinstance(self.child, Not) else frozenset()
+
+    def exclusion(self) -> frozenset[Key] | None:
+        # A message with a key that makes the negated condition hold cannot match.
+        return self.child.sufficient() or None

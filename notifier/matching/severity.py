@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from fedmsg_notify.bus.envelope import Message
-from fedmsg_notify.matching.match import Condition
+from fedmsg_notify.matching.match import Condition, Key, Requirement
 from fedmsg_notify.meta.engine import Meta
 
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -76,3 +76,13 @@ class Severity(Condition):
         if self.op == "in":
             return "severity " + " or ".join(_name(n) for n in self.levels)
         return f"severity {self.op} {_name(self.levels[0])}"
+
+    def requirement(self) -> Requirement | None:
+        # Few messages are above info: a weak key, but one that spares testing the rule on the rest.
+        return Requirement(self.sufficient(), 3)
+
+    def sufficient(self) -> frozenset[Key]:
+        """``severity`` keys for a list of levels; one ``sevcmp`` key the index evaluates per message otherwise."""
+        if self.op == "in":
+            return frozenset(("severity", n) for n in self.levels)
+        return frozenset({("sevcmp", (self.op, self.levels[0]))})
