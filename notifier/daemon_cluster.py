@@ -108,8 +108,10 @@ class ClusterMember:
                     await handle.ensure_started()
                 except Exception as exc:
                     log.error("starting backend of account %s failed: %s", account, exc)
+        amqp = getattr(self.daemon, "amqp", None)
+        bus = amqp.snapshot() if amqp is not None else None
         self.store._call(
-            lambda db: heartbeat(db, self.daemon.daemon_id, socket.gethostname(), os.getpid(), self.started, now)
+            lambda db: heartbeat(db, self.daemon.daemon_id, socket.gethostname(), os.getpid(), self.started, now, bus)
         )
         for destination in self.store.pending_destinations():
             if self.daemon._serves(destination.account):

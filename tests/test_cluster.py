@@ -193,8 +193,9 @@ def test_two_daemons_mail_2000_messages_once_and_share_the_work(
         check=True,
     )
     report = json.loads(out.stdout)
-    assert sorted(d["sent"] for d in report["cluster"]) == sorted(split)
-    assert all(d["alive"] for d in report["cluster"])
+    assert sorted(d["sent"] for d in report["cluster"]["daemons"]) == sorted(split)
+    assert all(d["alive"] for d in report["cluster"]["daemons"])
+    assert report["cluster"]["queue"]["queued"] == 0
     assert report["destinations"][0]["sent"] == 2000
 
 

@@ -7,6 +7,7 @@ daemon processes and a real SMTP server that notes when each mail arrives.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,7 +184,84 @@ def test_two_daemons_keep_one_email_accounts_pace_together(
     assert len(split) == 2 and min(split) > 0, f"one daemon did all the work, so nothing was shared: {split}"
     times = sorted(timed.times)
     excess, window = most_in_any_window(times, rate, burst)
-    print(f"sends per daemon {split}; 40 mails in {times[-1] - times[0]:.2f} s; worst window {window:.2f} s, {excess:+.2f}")
+    print(
+        f"sends per daemon {split}; 40 mails in {times[-1] - times[0]:.2f} s; worst window {window:.2f} s, {excess:+.2f}"
+    )
     # One daemon's bucket each would let 8 through at once and finish in ~4.5 s.
     assert excess <= 1, f"{excess} mails over the pace in a window of {window:.2f} s"
     assert times[-1] - times[0] >= (40 - burst - 1) / rate
+
+
+def test_status_shows_the_daemons_the_holders_the_shared_queue_and_the_pace(tmp_path: Path, pg_url: str) -> None:
+    """`status` of a cluster: who is alive, who holds which account, how deep the shared queue is and who has it."""
+    import json
+    import subprocess
+    import sys
+
+    from fedmsg_notify.backend import Destination
+    from fedmsg_notify.store.pg_cluster import AccountLocks, heartbeat
+    from fedmsg_notify.store.records import NewDelivery
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "accounts:\n"
+        '  mail: {backend: email, smtp: "smtp://127.0.0.1:1", from: "n@example.org", rate: 4, burst: 4}\n'
+        f"  chat: {{backend: 'fedmsg_notify.testing:ConnectionBoundRecorder', path: '{tmp_path / 'c1'}'}}\n"
+        f"  chat2: {{backend: 'fedmsg_notify.testing:ConnectionBoundRecorder', path: '{tmp_path / 'c2'}'}}\n"
+        f"state: {pg_url}\n"
+    )
+    now = time.time()
+    mail, chat = Destination("mail", TO), Destination("chat", None)
+    live, silent = Outbox(pg_url, owner="host-a:1:aa", lease=600), Outbox(pg_url, owner="host-b:2:bb", lease=600)
+    locks = AccountLocks(pg_url, "host-a:1:aa")
+    try:
+        news = [NewDelivery(f"m{n}", mail, "r", "t", "bodhi", {"text": "x"}) for n in range(10)]
+        news += [NewDelivery(f"c{n}", chat, "r", "t", "bodhi", {"text": "x"}) for n in range(3)]
+        live.accept(news, now=now)
+        bus = {"queue": "shared-q", "connected": True, "unacked": 7, "received": 100}
+        live._call(lambda db: heartbeat(db, "host-a:1:aa", "host-a", 1, now - 100, now, bus))
+        silent._call(lambda db: heartbeat(db, "host-b:2:bb", "host-b", 2, now - 100, now - 60))
+        assert len(live.window(mail, now, 4)) == 4
+        assert len(silent.window(mail, now, 2)) == 2  # claimed just before that daemon went silent
+        assert locks.acquire(["chat"], now)[0] == {"chat"}
+        silent._call(lambda db: db.execute("INSERT INTO holders VALUES ('chat2', 'host-b:2:bb', %s)", (now - 70,)))
+        SharedBucket("mail", 4.0, 4, live._call).try_take()
+
+        def status(*extra: str) -> str:
+            out = subprocess.run(
+                [sys.executable, "-m", "fedmsg_notify", "status", "-c", str(config), *extra],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert out.returncode == 0, out.stderr
+            return out.stdout
+
+        text = status()
+        report = json.loads(status("--json"))["cluster"]
+    finally:
+        locks.close()
+        live.db.close()
+        silent.db.close()
+    print(text)
+    assert "cluster: 1 daemon(s) alive of 2 seen" in text
+    assert re.search(
+        r"host-a:1:aa \(alive\): sent 0, claimed 4, holds accounts: chat; AMQP queue shared-q connected,"
+        r" 7 unacked, 100 received",
+        text,
+    )
+    assert re.search(r"host-b:2:bb \(silent for 6\d s\): sent 0, claimed 2, holds accounts: chat2\n", text)
+    assert "shared queue: 13 queued: 4 claimed by live daemons, 2 left by silent daemons" in text
+    assert "7 waiting for any daemon" in text
+    assert "account chat (connection-bound): held by host-a:1:aa; 3 queued" in text
+    assert "account chat2 (connection-bound): held by host-b:2:bb, which is silent" in text
+    assert re.search(r"account mail: sent by every daemon; 10 queued; pace 4/s burst 4, shared \(\d\.\d token", text)
+    assert report["queue"] == {"queued": 13, "claimed_by_live": 4, "claimed_by_silent": 2, "waiting": 7}
+    assert [(d["id"], d["alive"], d["claimed"]) for d in report["daemons"]] == [
+        ("host-a:1:aa", True, 4),
+        ("host-b:2:bb", False, 2),
+    ]
+    accounts = {a["name"]: a for a in report["accounts"]}
+    assert (accounts["chat"]["holder"], accounts["chat"]["holder_alive"]) == ("host-a:1:aa", True)
+    assert (accounts["chat2"]["holder"], accounts["chat2"]["holder_alive"]) == ("host-b:2:bb", False)
+    assert accounts["mail"]["queued"] == 10 and 2.9 <= accounts["mail"]["tokens"] <= 4

@@ -11,7 +11,9 @@ sending there before anybody else can start.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -20,11 +22,21 @@ from psycopg.rows import tuple_row
 log = logging.getLogger(__name__)
 
 
-def heartbeat(db: psycopg.Connection[Any], owner: str, host: str, pid: int, started: float, now: float) -> None:
+def heartbeat(
+    db: psycopg.Connection[Any],
+    owner: str,
+    host: str,
+    pid: int,
+    started: float,
+    now: float,
+    bus: Mapping[str, Any] | None = None,
+) -> None:
+    """This daemon is alive at ``now``; ``bus``: its AMQP connection's snapshot, for ``status``."""
+    text = None if bus is None else json.dumps(dict(bus), sort_keys=True)
     db.execute(
-        "INSERT INTO daemons (id, host, pid, started, seen) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
-        (owner, host, pid, started, now),
+        "INSERT INTO daemons (id, host, pid, started, seen, bus) VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, bus = excluded.bus",
+        (owner, host, pid, started, now, text),
     )
 
 

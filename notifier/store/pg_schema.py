@@ -120,7 +120,8 @@ CREATE TABLE holders (
 """,
     ),
     (
-        # The cluster-wide pace of each account (see pg_pace). IF NOT EXISTS: harmless if renumbered in a merge.
+        # The cluster-wide pace of each account (see pg_pace), and each daemon's bus connection for
+        # `status`. IF NOT EXISTS: harmless if renumbered in a merge.
         2,
         """
 CREATE TABLE IF NOT EXISTS pace_buckets (
@@ -129,6 +130,7 @@ CREATE TABLE IF NOT EXISTS pace_buckets (
     updated DOUBLE PRECISION NOT NULL,
     granted INTEGER NOT NULL DEFAULT 0
 );
+ALTER TABLE daemons ADD COLUMN IF NOT EXISTS bus TEXT;
 """,
     ),
 )
