@@ -40,6 +40,21 @@ def heartbeat(
     )
 
 
+def claimable_destinations(db: psycopg.Connection[Any], now: float) -> list[tuple[str, str | None]]:
+    """(account, recipient) of the destinations with rows due that nobody holds: another daemon's
+    unclaimed intake, rows a dead daemon's lease left behind, retries another daemon scheduled.
+
+    Rows a live daemon holds are its workers' business: waking ours for them would only
+    find them locked (a claim that returns nothing, then a query for when to look again).
+    """
+    rows = db.execute(
+        "SELECT DISTINCT account, recipient FROM deliveries WHERE state = 'queued' AND next_attempt <= %s"
+        " AND (lease_owner IS NULL OR lease_until <= %s)",
+        (now, now),
+    ).fetchall()
+    return [(row[0], row[1]) if isinstance(row, tuple) else (row["account"], row["recipient"]) for row in rows]
+
+
 class AccountLocks:
     """This daemon's advisory locks on connection-bound accounts."""
 
