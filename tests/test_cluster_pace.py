@@ -265,3 +265,34 @@ def test_status_shows_the_daemons_the_holders_the_shared_queue_and_the_pace(tmp_
     assert (accounts["chat"]["holder"], accounts["chat"]["holder_alive"]) == ("host-a:1:aa", True)
     assert (accounts["chat2"]["holder"], accounts["chat2"]["holder_alive"]) == ("host-b:2:bb", False)
     assert accounts["mail"]["queued"] == 10 and 2.9 <= accounts["mail"]["tokens"] <= 4
+
+
+def test_coalescing_measures_the_shared_queue_against_the_accounts_cluster_wide_pace(pg_url: str) -> None:
+    """Rows queued by two daemons, one account at rate 1, burst 2: over a 5 s horizon 2 + 5 = 7 fit, whoever checks."""
+    from fedmsg_notify.backend import Destination
+    from fedmsg_notify.backends.console import ConsoleBackend
+    from fedmsg_notify.delivery.coalesce import Coalescer
+    from fedmsg_notify.store.records import NewDelivery
+
+    dest = Destination("out", None)
+    stores = [Outbox(pg_url, owner=f"d{n}") for n in range(2)]
+    try:
+        now = time.time()
+        for n, store in enumerate(stores):
+            store.accept(
+                [NewDelivery(f"m{n}-{k}", dest, "r", "t", "bodhi", {"line": f"{n}-{k}"}) for k in range(20)], now=now
+            )
+        backend = ConsoleBackend("out", ConsoleBackend.Account(backend="console"))
+        buckets = [SharedBucket("out", 1.0, 2, store._call) for store in stores]
+        # Every daemon's bucket is the account's pace, not a share of it.
+        assert [bucket.per(5.0) for bucket in buckets] == [7, 7]
+        merged = Coalescer(horizon=5.0).check(stores[1], dest, backend, buckets[1], now)
+        # 40 queued by the two daemons: the oldest 34 merged into one summary, 6 + the summary left.
+        assert merged == 34
+        assert stores[0].pending_count(dest) == 7
+        assert Coalescer(horizon=5.0).check(stores[0], dest, backend, buckets[0], now) == 0
+        with psycopg.connect(pg_url) as db:
+            assert db.execute("SELECT SUM(count) FROM deliveries WHERE state = 'queued'").fetchone() == (40,)
+    finally:
+        for store in stores:
+            store.close()
