@@ -3,9 +3,9 @@
 Every :data:`TICK` seconds the member
 
 * writes its heartbeat (``status`` lists the daemons alive),
-* wakes a worker for every destination with queued rows — rows another daemon accepted,
-  or whose lease a dead daemon left behind — and the digest scheduler (a digest another
-  daemon would have flushed),
+* wakes a worker for every destination with due rows nobody holds — rows another daemon
+  accepted and has not claimed, or whose lease a dead daemon left behind — and the digest
+  scheduler (a digest another daemon would have flushed),
 * tries to take the lock of each connection-bound account nobody holds, starting the
   backend when it gets one, and stops the backends of accounts whose lock it lost.
 
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.config.model import Config
 from fedmsg_notify.config.yaml_positions import Position, Problem, ProblemsError
-from fedmsg_notify.store.pg_cluster import AccountLocks, heartbeat
+from fedmsg_notify.store.pg_cluster import AccountLocks, claimable_destinations, heartbeat
 from fedmsg_notify.store.postgresql import Outbox as SharedOutbox
 
 
@@ -108,11 +108,13 @@ class ClusterMember:
                     await handle.ensure_started()
                 except Exception as exc:
                     log.error("starting backend of account %s failed: %s", account, exc)
+        amqp = getattr(self.daemon, "amqp", None)
+        bus = amqp.snapshot() if amqp is not None else None
         self.store._call(
-            lambda db: heartbeat(db, self.daemon.daemon_id, socket.gethostname(), os.getpid(), self.started, now)
+            lambda db: heartbeat(db, self.daemon.daemon_id, socket.gethostname(), os.getpid(), self.started, now, bus)
         )
-        for destination in self.store.pending_destinations():
-            if self.daemon._serves(destination.account):
-                self.daemon.worker(destination).notify()
+        for account, recipient in self.store._call(lambda db: claimable_destinations(db, now)):
+            if self.daemon._serves(account):
+                self.daemon.worker(Destination(account, recipient)).notify()
         if self.daemon.digests is not None:
             self.daemon.digests.notify()

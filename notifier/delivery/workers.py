@@ -50,9 +50,21 @@ class BackendHandle:
         self.backend = backend
         rate, burst = backend.pace
         self.bucket = TokenBucket(rate, burst, clock)
+        self.clock = clock
+        self._shared = False
         self.started = False
         self.inflight = 0
         self._lock = asyncio.Lock()
+
+    def share_pace(self, store: Store) -> None:
+        """With a store several daemons share, pace through the account's cluster-wide bucket instead."""
+        if self._shared or not getattr(store, "cluster", False):
+            return
+        from fedmsg_notify.store.pg_pace import SharedBucket
+
+        run = store._call  # type: ignore[attr-defined]
+        self.bucket = SharedBucket(self.backend.account_name, self.bucket.rate, self.bucket.burst, run, self.clock)
+        self._shared = True
 
     async def ensure_started(self) -> None:
         """Start the backend on first use; a failure is retried on the next send."""
@@ -167,6 +179,7 @@ class DestinationWorker:
                 await self.clock.wait(self.wake, None)
                 continue
             self._absent = False
+            handle.share_pace(self.store)
             if self.coalescer is not None:
                 self.coalescer.check(self.store, self.destination, handle.backend, handle.bucket, now)
             # Load only what the pace sends in a few seconds, so a slow destination comes back
@@ -182,6 +195,7 @@ class DestinationWorker:
                 current = self.handles(self.destination.account)
                 if self.stopped.is_set() or current is None:
                     break
+                current.share_pace(self.store)
                 await current.bucket.take()
                 if self.stopped.is_set():
                     break

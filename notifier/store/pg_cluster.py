@@ -11,7 +11,9 @@ sending there before anybody else can start.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -20,12 +22,37 @@ from psycopg.rows import tuple_row
 log = logging.getLogger(__name__)
 
 
-def heartbeat(db: psycopg.Connection[Any], owner: str, host: str, pid: int, started: float, now: float) -> None:
+def heartbeat(
+    db: psycopg.Connection[Any],
+    owner: str,
+    host: str,
+    pid: int,
+    started: float,
+    now: float,
+    bus: Mapping[str, Any] | None = None,
+) -> None:
+    """This daemon is alive at ``now``; ``bus``: its AMQP connection's snapshot, for ``status``."""
+    text = None if bus is None else json.dumps(dict(bus), sort_keys=True)
     db.execute(
-        "INSERT INTO daemons (id, host, pid, started, seen) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
-        (owner, host, pid, started, now),
+        "INSERT INTO daemons (id, host, pid, started, seen, bus) VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET seen = excluded.seen, bus = excluded.bus",
+        (owner, host, pid, started, now, text),
     )
+
+
+def claimable_destinations(db: psycopg.Connection[Any], now: float) -> list[tuple[str, str | None]]:
+    """(account, recipient) of the destinations with rows due that nobody holds: another daemon's
+    unclaimed intake, rows a dead daemon's lease left behind, retries another daemon scheduled.
+
+    Rows a live daemon holds are its workers' business: waking ours for them would only
+    find them locked (a claim that returns nothing, then a query for when to look again).
+    """
+    rows = db.execute(
+        "SELECT DISTINCT account, recipient FROM deliveries WHERE state = 'queued' AND next_attempt <= %s"
+        " AND (lease_owner IS NULL OR lease_until <= %s)",
+        (now, now),
+    ).fetchall()
+    return [(row[0], row[1]) if isinstance(row, tuple) else (row["account"], row["recipient"]) for row in rows]
 
 
 class AccountLocks:

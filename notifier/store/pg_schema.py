@@ -10,7 +10,8 @@ than used half-understood.
 The tables mirror the SQLite store's (see :mod:`fedmsg_notify.store.sqlite`) plus what
 several daemons need: a lease on each queued delivery (``lease_owner``/``lease_until``,
 claimed with ``FOR UPDATE SKIP LOCKED``), the daemons alive (``daemons``) and which
-daemon holds each connection-bound account (``holders``).
+daemon holds each connection-bound account (``holders``), and each account's token
+bucket shared by all daemons (``pace_buckets``, see :mod:`fedmsg_notify.store.pg_pace`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,20 @@ CREATE TABLE holders (
     daemon TEXT NOT NULL,
     since DOUBLE PRECISION NOT NULL
 );
+""",
+    ),
+    (
+        # The cluster-wide pace of each account (see pg_pace), and each daemon's bus connection for
+        # `status`. IF NOT EXISTS: harmless if renumbered in a merge.
+        2,
+        """
+CREATE TABLE IF NOT EXISTS pace_buckets (
+    account TEXT PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    updated DOUBLE PRECISION NOT NULL,
+    granted INTEGER NOT NULL DEFAULT 0
+);
+ALTER TABLE daemons ADD COLUMN IF NOT EXISTS bus TEXT;
 """,
     ),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ class DaemonStatus:
     sent: int
     accounts: tuple[str, ...]
     claimed: int
+    # Its AMQP connection as it last said (queue, connected, unacked, received), None without AMQP.
+    bus: dict[str, Any] | None = None
 
     def alive(self, now: float, stale: float) -> bool:
         return now - self.seen <= stale
@@ -99,6 +102,39 @@ def cluster_status(db: psycopg.Connection[Row], now: float) -> list[DaemonStatus
             sent=int(row["sent"]),
             accounts=tuple(holders.get(row["id"], ())),
             claimed=claimed.get(row["id"], 0),
+            bus=_bus(row.get("bus")),
         )
         for row in db.execute("SELECT * FROM daemons ORDER BY started")
     ]
+
+
+def _bus(text: str | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Which daemon last took a connection-bound account, and when."""
+
+    account: str
+    daemon: str
+    since: float
+
+
+def holders(db: psycopg.Connection[Row]) -> list[Holder]:
+    return [
+        Holder(row["account"], row["daemon"], float(row["since"]))
+        for row in db.execute("SELECT account, daemon, since FROM holders ORDER BY account")
+    ]
+
+
+def paces(db: psycopg.Connection[Row]) -> dict[str, tuple[float, float]]:
+    """Each account's shared bucket: (tokens left, when that was counted)."""
+    return {
+        row["account"]: (float(row["tokens"]), float(row["updated"]))
+        for row in db.execute("SELECT account, tokens, updated FROM pace_buckets")
+    }
