@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.needs import missing
 
 USER = "test"
 
@@ -86,7 +87,7 @@ class PostgresServer:
 def postgres_server() -> Iterator[PostgresServer]:
     bindir = _bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; scripts/setup.d/postgresql.sh)")
+        missing("PostgreSQL is not installed (scripts/setup.d/postgresql.sh installs it)")
     server = PostgresServer(bindir)
     yield server
     server.close()

@@ -23,9 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.ircserver import free_port
+from tests.needs import missing
 
 SERVER = shutil.which("rabbitmq-server") or "/usr/sbin/rabbitmq-server"
 CTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
@@ -166,7 +165,7 @@ class RabbitMQ:
 @contextlib.contextmanager
 def rabbitmq_node(tls: tuple[Path, Path, Path] | None = None) -> Iterator[RabbitMQ]:
     if not rabbitmq_available():
-        pytest.skip("rabbitmq-server is not installed (scripts/setup.d/rabbitmq.sh installs it)")
+        missing("rabbitmq-server is not installed (scripts/setup.d/rabbitmq.sh installs it)")
     node = RabbitMQ(tls=tls)
     try:
         node.start()

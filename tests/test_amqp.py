@@ -16,9 +16,10 @@ from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.testing import RecordingBackend
 
+from tests.needs import require_module
 from tests.rabbitmqserver import RabbitMQ, fedora_messaging_config, fedora_publish, rabbitmq_node
 
-pytest.importorskip("aio_pika")
+require_module("aio_pika")
 RECORDER = "fedmsg_notify.testing:RecordingBackend"
 ALL = """
 rules:

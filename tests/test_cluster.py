@@ -25,6 +25,7 @@ from fedmsg_notify.config.yaml_positions import ProblemsError
 from fedmsg_notify.testing import envelopes, read_recording
 
 from tests.conftest import free_port
+from tests.needs import missing, require_module
 from tests.postgresserver import PostgresServer, _bindir, postgres_server  # noqa: F401 (fixture)
 from tests.smtpserver import Handler, smtp_server
 from tests.test_lifecycle import BODHI, DaemonProcess, NotifySocket, until
@@ -258,7 +259,7 @@ def test_postgresql_restart_mid_stream_loses_nothing(
     """PostgreSQL is killed and restarted while messages arrive; both daemons reconnect and every mail goes out."""
     bindir = _bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed")
+        missing("PostgreSQL is not installed (scripts/setup.d/postgresql.sh installs it)")
     server = PostgresServer(bindir)
     try:
         url = server.create_database()
@@ -389,13 +390,13 @@ def test_two_daemons_on_one_amqp_queue_compete_and_mail_each_message_once(
     import asyncio
     import uuid
 
-    pytest.importorskip("aio_pika")
+    require_module("aio_pika")
     from fedmsg_notify.bus.amqp_publish import AmqpPublisher
 
     from tests.rabbitmqserver import rabbitmq_available, rabbitmq_node
 
     if not rabbitmq_available():
-        pytest.skip("rabbitmq-server is not installed")
+        missing("rabbitmq-server is not installed (scripts/setup.d/rabbitmq.sh installs it)")
     port, handler = smtp
     queue = f"cluster-{uuid.uuid4()}"
     with rabbitmq_node() as broker:

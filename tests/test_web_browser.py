@@ -19,6 +19,7 @@ import pytest
 from fedmsg_notify.bus.zeromq import Publisher
 
 from tests.conftest import free_port
+from tests.needs import missing, require_module
 from tests.webserver import WebDaemon, bodhi_comment, start_web_daemon, web_daemons
 
 __all__ = ["web_daemons"]
@@ -28,16 +29,13 @@ ARTIFACTS = ROOT / "build" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
-webdriver = pytest.importorskip("selenium.webdriver")
+webdriver = require_module("selenium.webdriver")
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    missing("needs Debian's chromium and chromium-driver (scripts/setup.d/chromium.sh)")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="needs Debian's chromium and chromium-driver (scripts/setup.d/chromium.sh)",
-)
 
 RULES = """
 rules:
