@@ -13,6 +13,10 @@ through the tables:
   holds the retry schedule, so it survives a restart.
 * ``digest_entries`` — messages waiting for a digest; a flush claims them
   (``flushed_into``) and inserts the digest's delivery in one transaction.
+* ``messages`` / ``bodies`` — what a message's deliveries and entries share, stored once
+  per batch: its metadata (and envelope, for digests) and each distinct rendering; rows
+  point at a body (``body``) and pruning forgets the shared rows with their last row
+  (:mod:`~fedmsg_notify.store.shared`, written by :mod:`~fedmsg_notify.store.sqlite_rows`).
 * ``destinations`` / ``counters`` — what ``status`` shows besides the queues.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. In WAL mode NORMAL
@@ -37,7 +41,6 @@ retention; the tables are in :mod:`~fedmsg_notify.store.sqlite_schema`, digests 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,7 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedmsg_notify.backend import Destination, Item
-from fedmsg_notify.store import sqlite_digest
+from fedmsg_notify.store import shared, sqlite_digest, sqlite_rows
 from fedmsg_notify.store.records import (
     MERGED_META_CAP,
     Accepted,
@@ -55,10 +58,8 @@ from fedmsg_notify.store.records import (
     NewDelivery,
     NewDigestEntry,
     _dumps,
-    _dumps_text,
-    _loads_text,
 )
-from fedmsg_notify.store.sqlite_schema import SCHEMA, SCHEMA_VERSION
+from fedmsg_notify.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, migrate
 from fedmsg_notify.store.sqlite_status import destination_status
 
 # The records and the schema used to live here; their old import path keeps working.
@@ -76,11 +77,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_ITEM_COLUMNS = (
-    "id, msg_id, account, recipient, rule, topic, service, rendered, options, meta, timestamp, count, attempts"
-)
-
 
 def _destination(account: str, recipient: str | None) -> Destination:
     return Destination(account, recipient)
@@ -105,8 +101,9 @@ class Outbox:
             # (FULL: the WAL is fsynced at commit); the workers' bookkeeping commits with
             # NORMAL, which a crash of the machine can only roll back to "send again".
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            found = migrate(self.db)
+            if 0 < found < SCHEMA_VERSION:
+                log.info("%s: schema upgraded from version %d to %d", self.path, found, SCHEMA_VERSION)
             self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.row_factory = sqlite3.Row
 
@@ -143,83 +140,9 @@ class Outbox:
     def accept(
         self, deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEntry] = (), *, now: float
     ) -> Accepted:
-        """Store a batch in ONE transaction; (msg_id, destination) pairs seen before are skipped."""
-        touched: set[Destination] = set()
-        digests: set[Destination] = set()
-        duplicates = 0
-        first_id: int | None = None
+        """Store a batch in ONE durable transaction; (msg_id, destination) pairs seen before are skipped."""
         with self.transaction(durable=True) as db:
-            for new in deliveries:
-                if not self._first_time(db, new.msg_id, new.destination, now):
-                    duplicates += 1
-                    continue
-                cursor = db.execute(
-                    "INSERT INTO deliveries (dest, account, recipient, msg_id, rule, topic, service, rendered,"
-                    " options, meta, timestamp, next_attempt, created, state, last_error, finished)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        new.destination.key,
-                        new.destination.account,
-                        new.destination.to,
-                        new.msg_id,
-                        new.rule,
-                        new.topic,
-                        new.service,
-                        _dumps_text(dict(new.rendered)),
-                        _dumps(dict(new.options)),
-                        _dumps_text(dict(new.meta)),
-                        new.timestamp,
-                        now,
-                        now,
-                        "queued" if new.error is None else "failed",
-                        new.error,
-                        None if new.error is None else now,
-                    ),
-                )
-                if first_id is None:
-                    first_id = cursor.lastrowid
-                if new.error is None:
-                    touched.add(new.destination)
-            if first_id is not None:
-                # Send order is insertion order: one statement for the batch, not one per row.
-                db.execute("UPDATE deliveries SET position = id WHERE id >= ? AND position IS NULL", (first_id,))
-            for entry in entries:
-                if not self._first_time(db, entry.msg_id, entry.destination, now):
-                    duplicates += 1
-                    continue
-                db.execute(
-                    "INSERT INTO digest_entries (dest, account, recipient, msg_id, rule, rule_file, template,"
-                    " options, every, max, topic, service, envelope, meta, rendered, timestamp, created)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        entry.destination.key,
-                        entry.destination.account,
-                        entry.destination.to,
-                        entry.msg_id,
-                        entry.rule,
-                        entry.rule_file,
-                        entry.template,
-                        _dumps(dict(entry.options)),
-                        entry.every,
-                        entry.max,
-                        entry.topic,
-                        entry.service,
-                        _dumps(dict(entry.envelope)),
-                        _dumps_text(dict(entry.meta)),
-                        _dumps_text(dict(entry.rendered)),
-                        entry.timestamp,
-                        now,
-                    ),
-                )
-                digests.add(entry.destination)
-        return Accepted(frozenset(touched), frozenset(digests), duplicates)
-
-    @staticmethod
-    def _first_time(db: sqlite3.Connection, msg_id: str, destination: Destination, now: float) -> bool:
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO accepted (msg_id, dest, at) VALUES (?,?,?)", (msg_id, destination.key, now)
-        )
-        return cursor.rowcount == 1
+            return sqlite_rows.insert_batch(db, deliveries, entries, now)
 
     # -- the delivery queue -----------------------------------------------------------
 
@@ -231,31 +154,15 @@ class Outbox:
     def window(self, destination: Destination, now: float, limit: int) -> list[tuple[Item, int]]:
         """The next ``limit`` due deliveries of a destination, in send order, with their attempt counts."""
         rows = self.db.execute(
-            f"SELECT {_ITEM_COLUMNS} FROM deliveries WHERE dest = ? AND state = 'queued' AND next_attempt <= ?"
-            " ORDER BY position LIMIT ?",
+            f"{sqlite_rows.ITEM_SELECT} WHERE d.dest = ? AND d.state = 'queued' AND d.next_attempt <= ?"
+            " ORDER BY d.position LIMIT ?",
             (destination.key, now, limit),
         ).fetchall()
-        return [(self._item(row), int(row["attempts"])) for row in rows]
+        return [(shared.item(row), int(row["attempts"])) for row in rows]
 
     def holds(self, item: Item, now: float) -> bool:
         """Whether this daemon may send ``item`` now: always, with one daemon per file."""
         return True
-
-    @staticmethod
-    def _item(row: sqlite3.Row) -> Item:
-        return Item(
-            id=int(row["id"]),
-            msg_id=row["msg_id"],
-            destination=_destination(row["account"], row["recipient"]),
-            rule=row["rule"],
-            topic=row["topic"],
-            service=row["service"],
-            rendered=_loads_text(row["rendered"]),
-            options=json.loads(row["options"]),
-            meta=_loads_text(row["meta"]),
-            timestamp=float(row["timestamp"]),
-            count=int(row["count"]),
-        )
 
     def next_due(self, destination: Destination) -> float | None:
         """When the destination's earliest queued delivery may be tried (``None``: nothing queued)."""
@@ -319,13 +226,12 @@ class Outbox:
             return None
         with self.transaction() as db:
             rows = db.execute(
-                f"SELECT {_ITEM_COLUMNS}, kind, position FROM deliveries WHERE dest = ? AND state = 'queued'"
-                " ORDER BY position LIMIT ?",
+                f"{sqlite_rows.ITEM_SELECT} WHERE d.dest = ? AND d.state = 'queued' ORDER BY d.position LIMIT ?",
                 (destination.key, merge),
             ).fetchall()
             if len(rows) < 2:
                 return None
-            items = [self._item(row) for row in rows]
+            items = [shared.item(row) for row in rows]
             rendered = dict(summarise(items))
             total = sum(item.count for item in items)
             services = {item.service for item in items}
@@ -421,16 +327,20 @@ class Outbox:
         busy bus would grow the database by gigabytes a week.
         """
         with self.transaction() as db:
-            removed = db.execute(
-                "DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < ?",
-                (now - min(keep_sent_rows, keep_done),),
-            ).rowcount
-            removed += db.execute(
-                "DELETE FROM deliveries WHERE state = 'failed' AND finished < ?", (now - keep_failed,)
-            ).rowcount
-            removed += db.execute(
-                "DELETE FROM digest_entries WHERE flushed_into IS NOT NULL AND created < ?", (now - keep_done,)
-            ).rowcount
+            bodies: list[int] = []
+            removed = 0
+            for query, cutoff in (
+                ("DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < ?",
+                 now - min(keep_sent_rows, keep_done)),
+                ("DELETE FROM deliveries WHERE state = 'failed' AND finished < ?", now - keep_failed),
+                ("DELETE FROM digest_entries WHERE flushed_into IS NOT NULL AND created < ?", now - keep_done),
+            ):
+                gone = db.execute(query + " RETURNING body", (cutoff,)).fetchall()
+                removed += len(gone)
+                bodies.extend(int(row[0]) for row in gone if row[0] is not None)
+            # The messages and renderings those rows shared, once nothing else points at them
+            # (parts of the rows counted above, so not counted again).
+            sqlite_rows.forget_shared(db, bodies)
             removed += db.execute("DELETE FROM accepted WHERE at < ?", (now - keep_done,)).rowcount
         return removed
 
