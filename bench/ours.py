@@ -267,15 +267,16 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     sent_at: dict[str, float] = {}
     real_accept = daemon.accept
 
-    def accept(batch: Any) -> None:
+    async def accept(batch: Any) -> bool:
         if args.rate:
             for message in batch:
                 stamp = message.envelope.get("bench_sent")
                 if isinstance(stamp, float):
                     sent_at[message.msg_id] = stamp
-        real_accept(batch)
+        stored = await real_accept(batch)
         seen["messages"] += len(batch)
         seen["last"] = time.perf_counter()
+        return stored
 
     daemon.accept = accept  # type: ignore[method-assign]
     ready = asyncio.Event()

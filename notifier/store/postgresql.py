@@ -85,6 +85,7 @@ class Outbox:
         readonly: bool = False,
         lease: float = 60.0,
         connect_timeout: float = 5.0,
+        twin: bool = False,
     ) -> None:
         self.url = url
         self.path = safe_url(url)
@@ -93,8 +94,10 @@ class Outbox:
         self._password = password
         self._connect_timeout = connect_timeout
         self._leases: dict[int, float] = {}
+        # An intake twin only accepts: it holds no leases, so it hands none back on close.
+        self._twin = twin
         self.db = self._connect()
-        if not readonly:
+        if not readonly and not twin:
             applied = migrate(self.db)
             if applied:
                 log.info("%s: schema migrated to version %d", self.path, applied[-1])
@@ -108,8 +111,16 @@ class Outbox:
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"{self.path}: cannot connect: {str(exc).strip()}") from exc
 
+    def intake_twin(self) -> Callable[[], Outbox]:
+        """What opens a second connection for the intake's writer thread: a commit waits there, not on the loop."""
+        url, owner, password, lease, timeout = self.url, self.owner, self._password, self.lease, self._connect_timeout
+        return lambda: Outbox(url, owner=owner, password=password, lease=lease, connect_timeout=timeout, twin=True)
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints on its own."""
+
     def close(self) -> None:
-        if not self.db.closed and not self.db.broken:
+        if not self.db.closed and not self.db.broken and not self._twin:
             try:
                 # Let the other daemons take what we claimed right away, not after the lease.
                 self.db.execute(

@@ -30,7 +30,10 @@ idempotency keys cover Mastodon and email). ``FULL`` would close that by fsyncin
 commit — one per send — which costs more than it buys here.
 
 All methods are synchronous and short; the daemon calls them from its event loop
-(each is a handful of indexed statements, well under a millisecond).
+(each is a handful of indexed statements, well under a millisecond) -- except
+:meth:`Outbox.accept`, a batch's durable commit, which the daemon runs on a second
+connection (:meth:`Outbox.intake_twin`) in its intake writer thread
+(:mod:`~fedmsg_notify.store.writer`), with the checkpoints.
 
 This module holds the connection, intake, the delivery queue, flood coalescing and
 retention; the tables are in :mod:`~fedmsg_notify.store.sqlite_schema`, digests in
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -98,13 +102,15 @@ class Outbox:
             self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             # The schema, and every batch accepted from the bus, is on disk before we go on
-            # (FULL: the WAL is fsynced at commit); the workers' bookkeeping commits with
-            # NORMAL, which a crash of the machine can only roll back to "send again".
+            # (FULL for the schema; an accept fsyncs the WAL after its commit, see
+            # transaction); the workers' bookkeeping commits with NORMAL, which a crash of
+            # the machine can only roll back to "send again".
             self.db.execute("PRAGMA synchronous=FULL")
             found = migrate(self.db)
             if 0 < found < SCHEMA_VERSION:
                 log.info("%s: schema upgraded from version %d to %d", self.path, found, SCHEMA_VERSION)
             self.db.execute("PRAGMA synchronous=NORMAL")
+        self._wal_entry_synced = False
         self.db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -112,13 +118,19 @@ class Outbox:
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction; ``durable``: fsynced at commit (what was accepted survives a power loss)."""
+        """One write transaction; ``durable``: on disk before this returns (survives a power loss).
+
+        The durable commit is an ordinary (NORMAL) commit followed by an fsync of the WAL
+        file, *after* the write lock is released: the fsync -- the slow part on a busy disk
+        -- never holds up another connection's write (a worker marking a send). It is as
+        durable as ``synchronous=FULL``: the fsync covers every frame written so far, and
+        if a checkpoint moved our frames into the database file first, that checkpoint
+        fsynced the database before the WAL could be reused (SQLite does, in NORMAL mode).
+        """
         if self.db.in_transaction:
             # Left open by a COMMIT the storage refused (full disk): start from a clean slate.
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-        if durable:
-            self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -130,10 +142,45 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):
                     self.db.execute("ROLLBACK")
             raise
+        if durable:
+            self._sync_wal()
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL (and, the first time, its directory entry: the WAL is created per run)."""
+        wal = f"{self.path}-wal"
+        fd = os.open(wal, os.O_RDONLY)
+        try:
+            os.fsync(fd)
         finally:
-            if durable and not self.db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self.db.execute("PRAGMA synchronous=NORMAL")
+            os.close(fd)
+        if not self._wal_entry_synced:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._wal_entry_synced = True
+
+    def intake_twin(self) -> Callable[[], Outbox]:
+        """What opens a second connection to the file, for the intake's writer thread (call it there).
+
+        From now on checkpoints are the twin's job (:meth:`checkpoint`): this connection --
+        the event loop's -- never runs one, so the loop never waits for a checkpoint's fsyncs.
+        """
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        path = self.path
+        return lambda: Outbox(path)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for another connection).
+
+        When the whole WAL was copied, one small write restarts it here, at once: the first
+        write into a restarted WAL fsyncs its header, and that should be this thread's, not
+        the event loop's next send mark.
+        """
+        busy, log_frames, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if not busy and log_frames > 1 and copied == log_frames:
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- intake ---------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""Intake commits off the event loop: a slow disk stalls nothing else, and nothing accepted is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from fedmsg_notify.bus.envelope import Message
+from fedmsg_notify.config.model import load_config
+from fedmsg_notify.daemon import Daemon
+from fedmsg_notify.store.sqlite import Outbox
+from fedmsg_notify.testing import RecordingBackend, envelopes
+
+BODHI = "org.fedoraproject.prod.bodhi.update.comment"
+SLOW = 0.3  # seconds each durable intake commit takes longer: a disk busy with someone else's writes
+
+
+def write_config(tmp: Path, endpoint: str) -> Path:
+    (tmp / "rules.yaml").write_text(
+        "rules:\n  - {name: all, match: {}, deliver: [{via: irc, to: '#a'}, {via: irc, to: '#b'}]}\n"
+    )
+    path = tmp / "config.yaml"
+    path.write_text(
+        f"bus: {{endpoints: [{endpoint}]}}\n"
+        "accounts:\n  irc: {backend: 'fedmsg_notify.testing:RecordingBackend', rate: 1000, burst: 1000}\n"
+        f"rules: [{tmp / 'rules.yaml'}]\nstate: {tmp / 'state.db'}\n"
+    )
+    return path
+
+
+async def longest_gap_while_commits_are_slow(
+    tmp: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch, *, in_thread: bool
+) -> tuple[float, Daemon]:
+    """Accept slices with every commit's fsync slowed while the worker sends and marks; the loop's longest gap."""
+    real_sync = Outbox._sync_wal
+
+    def slow_sync(self: Outbox) -> None:
+        time.sleep(SLOW)
+        real_sync(self)
+
+    monkeypatch.setattr(Outbox, "_sync_wal", slow_sync)
+    daemon = Daemon(load_config(write_config(tmp, endpoint)))
+    daemon.intake_thread = in_thread
+    ready = asyncio.Event()
+    task = asyncio.create_task(daemon.run(ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    beating = True
+
+    async def heartbeat() -> None:
+        last = loop.time()
+        while beating:
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        for _ in range(6):
+            await asyncio.sleep(0.01)  # the bus's next batch arrives (and the heartbeat runs)
+            batch = [Message.from_envelope(e) for e in envelopes(20, BODHI)]
+            assert await daemon.accept(batch)
+        irc = daemon.handles["irc"].backend
+        assert isinstance(irc, RecordingBackend)
+        deadline = loop.time() + 20
+        while len(irc.items) < 6 * 20 * 2:
+            assert loop.time() < deadline, f"only {len(irc.items)} of 240 deliveries sent"
+            await asyncio.sleep(0.02)
+    finally:
+        beating = False
+        await beat
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    return max(gaps), daemon
+
+
+async def test_a_slow_disk_does_not_stall_the_event_loop(
+    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every intake commit 300 ms slow, heartbeats (IRC PINGs, watchdog) keep coming within 50 ms."""
+    gap, daemon = await longest_gap_while_commits_are_slow(tmp_path, endpoint, monkeypatch, in_thread=True)
+    assert gap < 0.05, f"the event loop stalled for {gap * 1000:.0f} ms"
+    # Everything accepted was sent once and recorded as sent (the workers' marks were not lost).
+    store = Outbox(tmp_path / "state.db", readonly=True)
+    try:
+        states = dict(store.db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+    finally:
+        store.close()
+    assert states == {"sent": 240}
+    irc = daemon.handles["irc"].backend
+    assert isinstance(irc, RecordingBackend)
+    assert len({(i.msg_id, i.destination) for i in irc.items}) == len(irc.items) == 240
+
+
+async def test_the_stall_measurement_sees_a_commit_on_the_loop(
+    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same run with the commits on the event loop stalls it for a whole commit (the test can tell)."""
+    gap, _ = await longest_gap_while_commits_are_slow(tmp_path, endpoint, monkeypatch, in_thread=False)
+    assert gap >= SLOW * 0.9, f"longest gap {gap * 1000:.0f} ms"
+
+
+def test_an_accepted_batch_is_on_disk_before_accept_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The durable commit fsyncs the WAL after the commit, before accept returns; other writes do not."""
+    from fedmsg_notify.backend import Destination
+    from fedmsg_notify.store.records import NewDelivery
+
+    synced: list[str] = []
+    real_fsync = __import__("os").fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(Path(f"/proc/self/fd/{fd}").resolve().name)
+        real_fsync(fd)
+
+    store = Outbox(tmp_path / "state.db")
+    monkeypatch.setattr("fedmsg_notify.store.sqlite.os.fsync", recording_fsync)
+    try:
+        dest = Destination("irc", "#a")
+        store.accept([NewDelivery("m1", dest, "r", "t", "s", {"text": "x"})], now=1.0)
+        assert "state.db-wal" in synced
+        synced.clear()
+        [(item, _)] = store.window(dest, 1.0, 10)
+        store.mark_sent(item, 2.0)
+        assert synced == []  # a send mark is bookkeeping: NORMAL, no fsync
+    finally:
+        store.close()
