@@ -128,3 +128,30 @@ def test_an_accepted_batch_is_on_disk_before_accept_returns(tmp_path: Path, monk
         assert synced == []  # a send mark is bookkeeping: NORMAL, no fsync
     finally:
         store.close()
+
+
+def test_a_send_mark_does_not_wait_for_the_intake_writers_lock(tmp_path: Path) -> None:
+    """While the writer thread holds the lock, a mark on the loop's connection fails at once, and works after."""
+    from fedmsg_notify.backend import Destination
+    from fedmsg_notify.store.faults import storage_busy
+    from fedmsg_notify.store.records import NewDelivery
+
+    loop_store = Outbox(tmp_path / "state.db")
+    dest = Destination("irc", "#a")
+    loop_store.accept([NewDelivery("m1", dest, "r", "t", "s", {"text": "x"})], now=1.0)
+    [(item, _)] = loop_store.window(dest, 1.0, 10)
+    twin = loop_store.intake_twin()()
+    try:
+        twin.db.execute("BEGIN IMMEDIATE")  # an intake transaction in progress
+        started = time.perf_counter()
+        with pytest.raises(Exception) as caught:
+            loop_store.mark_sent(item, 2.0)
+        assert storage_busy(caught.value) and time.perf_counter() - started < 0.05
+        twin.db.execute("COMMIT")
+        loop_store.mark_sent(item, 2.0)
+        assert loop_store.pending_count(dest) == 0
+        # Other writes on the loop's connection still wait for the lock as before.
+        assert int(loop_store.db.execute("PRAGMA busy_timeout").fetchone()[0]) == 10_000
+    finally:
+        twin.close()
+        loop_store.close()

@@ -167,3 +167,13 @@ def test_a_version_1_postgresql_database_is_migrated_and_its_rows_still_send(
         ]
     finally:
         store.close()
+
+
+def test_a_replayed_message_adds_no_shared_rows(store: Store) -> None:
+    """Rows seen before are skipped with the message and body rows only they would have pointed at."""
+    meta = dict(META)
+    store.accept([delivery("m1", A, "one", meta)], now=NOW)
+    again = store.accept([delivery("m1", A, "one", dict(META)), delivery("m2", A, "two", dict(META))], now=NOW)
+    assert again.duplicates == 1
+    assert (count(store, "messages"), count(store, "bodies")) == (2, 2)
+    assert [(i.msg_id, i.rendered["text"]) for i, _ in store.window(A, NOW, 10)] == [("m1", "one"), ("m2", "two")]

@@ -111,6 +111,9 @@ class Outbox:
                 log.info("%s: schema upgraded from version %d to %d", self.path, found, SCHEMA_VERSION)
             self.db.execute("PRAGMA synchronous=NORMAL")
         self._wal_entry_synced = False
+        self._timeout_ms = int(timeout * 1000)
+        # Once an intake writer thread shares the file, send marks do not wait for its lock.
+        self._marks_wait = True
         self.db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -168,6 +171,7 @@ class Outbox:
         the event loop's -- never runs one, so the loop never waits for a checkpoint's fsyncs.
         """
         self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self._marks_wait = False
         path = self.path
         return lambda: Outbox(path)
 
@@ -188,8 +192,11 @@ class Outbox:
         self, deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEntry] = (), *, now: float
     ) -> Accepted:
         """Store a batch in ONE durable transaction; (msg_id, destination) pairs seen before are skipped."""
+        # Packed (and compressed) before the write lock is taken: the loop's send marks wait
+        # for the lock, so it is held for the inserts only.
+        packed = shared.pack_batch(deliveries, entries)
         with self.transaction(durable=True) as db:
-            return sqlite_rows.insert_batch(db, deliveries, entries, now)
+            return sqlite_rows.store_packed(db, packed, now)
 
     # -- the delivery queue -----------------------------------------------------------
 
@@ -236,19 +243,37 @@ class Outbox:
         One statement, committed on its own; the ``deliveries_sent`` trigger counts it for
         the destination within the same implicit transaction.
         """
-        self.db.execute(
-            "UPDATE deliveries SET state = 'sent', finished = ?, last_error = NULL WHERE id = ?", (now, item.id)
-        )
+        with self._no_wait():
+            self.db.execute(
+                "UPDATE deliveries SET state = 'sent', finished = ?, last_error = NULL WHERE id = ?", (now, item.id)
+            )
+
+    @contextmanager
+    def _no_wait(self) -> Iterator[None]:
+        """A send mark on the event loop's connection: if the intake writer holds the lock, fail at once.
+
+        SQLite's busy handler sleeps in steps of up to 100 ms, blocking the thread -- here the
+        event loop. The worker keeps the outcome and tries again in a few milliseconds without
+        blocking (``storage_busy``), sending nothing meanwhile.
+        """
+        if self._marks_wait:
+            yield
+            return
+        self.db.execute("PRAGMA busy_timeout=0")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={self._timeout_ms}")
 
     def mark_retry(self, item: Item, attempts: int, next_attempt: float, reason: str) -> None:
-        with self.transaction() as db:
+        with self._no_wait(), self.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
                 (attempts, next_attempt, reason, item.id),
             )
 
     def mark_failed(self, item: Item, attempts: int, reason: str, now: float) -> None:
-        with self.transaction() as db:
+        with self._no_wait(), self.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET state = 'failed', attempts = ?, last_error = ?, finished = ? WHERE id = ?",
                 (attempts, reason, now, item.id),

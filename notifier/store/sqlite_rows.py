@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.store.records import Accepted, NewDelivery, NewDigestEntry, _dumps
-from fedmsg_notify.store.shared import pack_batch
+from fedmsg_notify.store.shared import PackedBatch, pack_batch
 
 # A delivery with what its body and message hold (NULL for a row with its parts inline).
 ITEM_SELECT = (
@@ -37,23 +37,34 @@ def insert_batch(
     db: sqlite3.Connection, deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEntry], now: float
 ) -> Accepted:
     """Store a batch in the caller's transaction; (msg_id, destination) pairs seen before are skipped."""
-    new_deliveries = [new for new in deliveries if first_time(db, new.msg_id, new.destination, now)]
-    new_entries = [entry for entry in entries if first_time(db, entry.msg_id, entry.destination, now)]
-    duplicates = len(deliveries) - len(new_deliveries) + len(entries) - len(new_entries)
-    packed = pack_batch(new_deliveries, new_entries)
-    message_ids: list[int] = []
-    for message in packed.messages:
-        cursor = db.execute(
-            "INSERT INTO messages (msg_id, topic, service, timestamp, meta, envelope) VALUES (?,?,?,?,?,?)",
-            (message.msg_id, message.topic, message.service, message.timestamp, message.meta, message.envelope),
-        )
-        assert cursor.lastrowid is not None
-        message_ids.append(cursor.lastrowid)
-    body_ids: list[int] = []
-    for message_index, parts in packed.bodies:
-        cursor = db.execute("INSERT INTO bodies (message, parts) VALUES (?,?)", (message_ids[message_index], parts))
-        assert cursor.lastrowid is not None
-        body_ids.append(cursor.lastrowid)
+    return store_packed(db, pack_batch(deliveries, entries), now)
+
+
+def store_packed(db: sqlite3.Connection, packed: PackedBatch, now: float) -> Accepted:
+    """Store a batch packed beforehand (outside the write lock: packing compresses) in the caller's transaction."""
+    fresh = [first_time(db, new.msg_id, new.destination, now) for new, _ in packed.deliveries]
+    fresh_entries = [first_time(db, e.msg_id, e.destination, now) for e, _ in packed.entries]
+    duplicates = fresh.count(False) + fresh_entries.count(False)
+    if duplicates:
+        packed = _without_duplicates(packed, fresh, fresh_entries)
+    new_deliveries = [new for new, _ in packed.deliveries]
+    new_entries = [entry for entry, _ in packed.entries]
+    # Ids given here, consecutive after the largest: one statement per table for the batch
+    # (this connection holds the write lock, so nobody else inserts meanwhile).
+    first_message = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM messages").fetchone()[0])
+    db.executemany(
+        "INSERT INTO messages (id, msg_id, topic, service, timestamp, meta, envelope) VALUES (?,?,?,?,?,?,?)",
+        [
+            (first_message + n, m.msg_id, m.topic, m.service, m.timestamp, m.meta, m.envelope)
+            for n, m in enumerate(packed.messages)
+        ],
+    )
+    first_body = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM bodies").fetchone()[0])
+    db.executemany(
+        "INSERT INTO bodies (id, message, parts) VALUES (?,?,?)",
+        [(first_body + n, first_message + m, parts) for n, (m, parts) in enumerate(packed.bodies)],
+    )
+    body_ids = [first_body + n for n in range(len(packed.bodies))]
     first_id: int | None = None
     for new, body in packed.deliveries:
         cursor = db.execute(
@@ -110,6 +121,22 @@ def insert_batch(
     )
     touched = frozenset(new.destination for new in new_deliveries if new.error is None)
     return Accepted(touched, frozenset(entry.destination for entry in new_entries), duplicates)
+
+
+def _without_duplicates(packed: PackedBatch, fresh: list[bool], fresh_entries: list[bool]) -> PackedBatch:
+    """The packed batch without the rows seen before, and without what only they pointed at."""
+    deliveries = [row for row, ok in zip(packed.deliveries, fresh, strict=True) if ok]
+    entries = [row for row, ok in zip(packed.entries, fresh_entries, strict=True) if ok]
+    used_bodies = sorted({body for _, body in [*deliveries, *entries]})
+    used_messages = sorted({packed.bodies[body][0] for body in used_bodies})
+    message_at = {old: new for new, old in enumerate(used_messages)}
+    body_at = {old: new for new, old in enumerate(used_bodies)}
+    return PackedBatch(
+        messages=[packed.messages[m] for m in used_messages],
+        bodies=[(message_at[packed.bodies[b][0]], packed.bodies[b][1]) for b in used_bodies],
+        deliveries=[(row, body_at[body]) for row, body in deliveries],
+        entries=[(row, body_at[body]) for row, body in entries],
+    )
 
 
 def forget_shared(db: sqlite3.Connection, bodies: Sequence[int]) -> int:
