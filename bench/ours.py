@@ -239,6 +239,8 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     load_seconds = time.perf_counter() - loading
     NullBackend.record = args.rate > 0
     daemon = Daemon(load_config(tmp / "config.yaml"))
+    # FEDMSG_NOTIFY_BENCH_COMMITS_ON_LOOP=1: intake commits on the event loop (as before the writer thread).
+    daemon.intake_thread = os.environ.get("FEDMSG_NOTIFY_BENCH_COMMITS_ON_LOOP") != "1"
     daemon.pipeline = dataclasses.replace(daemon.pipeline, rules=ruleset)
     del ruleset
     # Warm-up, outside the measurement: the first message of each topic compiles its
