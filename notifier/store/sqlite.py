@@ -150,8 +150,11 @@ class Outbox:
 
     def _sync_wal(self) -> None:
         """fsync the WAL (and, the first time, its directory entry: the WAL is created per run)."""
-        wal = f"{self.path}-wal"
-        fd = os.open(wal, os.O_RDONLY)
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            # No WAL (a filesystem where SQLite could not enable it): the commit is in the file itself.
+            fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
