@@ -119,11 +119,12 @@ async def ours(url: str, queue: str, count: int, rules: int) -> dict[str, Any]:
     seen = {"n": 0, "start": 0.0, "cpu": 0.0}
     real_accept = daemon.accept
 
-    def accept(batch: Any) -> None:
+    async def accept(batch: Any) -> bool:
         if seen["n"] == 0:
             seen["start"], seen["cpu"] = time.perf_counter(), time.process_time()
-        real_accept(batch)
+        stored = await real_accept(batch)
         seen["n"] += len(batch)
+        return stored
 
     daemon.accept = accept  # type: ignore[method-assign]
     task = asyncio.create_task(daemon.run())

@@ -73,9 +73,10 @@ async def run_child(args: argparse.Namespace) -> None:
     seen = {"n": 0}
     real_accept = daemon.accept
 
-    def accept(batch: Any) -> bool:
-        stored = real_accept(batch)
+    async def accept(batch: Any) -> bool:
+        stored = await real_accept(batch)
         seen["n"] += len(batch) if stored else 0
+
         return stored
 
     daemon.accept = accept  # type: ignore[method-assign]

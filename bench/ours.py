@@ -237,6 +237,8 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     )
     (tmp / "config.yaml").write_text(config_text)
     NullBackend.record = args.rate > 0
+    # FEDMSG_NOTIFY_BENCH_COMMITS_ON_LOOP=1: intake commits on the event loop (as before the writer thread).
+    commits_off_loop = os.environ.get("FEDMSG_NOTIFY_BENCH_COMMITS_ON_LOOP") != "1"
     if args.population == "index":
         # bench_index.py's population (ten rules of every shape per person, plus one firehose),
         # written as files and loaded by the daemon itself, as it would be in production.
@@ -252,6 +254,7 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
         loading = time.perf_counter()
         daemon = Daemon(load_config(tmp / "config.yaml"))
         load_seconds = time.perf_counter() - loading
+        daemon.intake_thread = commits_off_loop
     else:
         loading = time.perf_counter()
         docs, described = population(args.rules, pairs, broad_people=args.watchers)
@@ -260,8 +263,10 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
         del docs
         load_seconds = time.perf_counter() - loading
         daemon = Daemon(load_config(tmp / "config.yaml"))
+        daemon.intake_thread = commits_off_loop
         daemon.pipeline = dataclasses.replace(daemon.pipeline, rules=ruleset)
         del ruleset
+
     # Warm-up, outside the measurement: the first message of each topic compiles its
     # metadata expressions and the first use of a template compiles it (milliseconds,
     # once per daemon lifetime). Without it, a 10-second latency run's p99 measures those
@@ -288,15 +293,16 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     sent_at: dict[str, float] = {}
     real_accept = daemon.accept
 
-    def accept(batch: Any) -> None:
+    async def accept(batch: Any) -> bool:
         if args.rate:
             for message in batch:
                 stamp = message.envelope.get("bench_sent")
                 if isinstance(stamp, float):
                     sent_at[message.msg_id] = stamp
-        real_accept(batch)
+        stored = await real_accept(batch)
         seen["messages"] += len(batch)
         seen["last"] = time.perf_counter()
+        return stored
 
     daemon.accept = accept  # type: ignore[method-assign]
     ready = asyncio.Event()

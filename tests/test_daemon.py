@@ -264,7 +264,7 @@ async def test_a_30_minute_outage_under_100k_messages_stays_bounded_and_is_all_a
     peak_backlog = 0
     for n in range(total // slice_size):
         batch = [Message.from_envelope(next(envelopes_iter)) for _ in range(slice_size)]
-        assert run.daemon.accept(batch)
+        assert await run.daemon.accept(batch)
         clock.advance(1800 / (total // slice_size))  # the 30 minutes pass while the bus talks
         for _ in range(5):
             await asyncio.sleep(0)

@@ -1,5 +1,8 @@
 """Intake from the buses: each batch stored in slices, one transaction each, then the workers woken.
 
+Each slice is matched and rendered on the event loop and committed in the intake writer
+thread (:mod:`~fedmsg_notify.store.writer`), awaited: the loop runs on while the disk syncs.
+
 ZeroMQ batches are held and retried while a shared store reconnects; an AMQP batch is
 acknowledged to the broker only once it is stored, and goes back to it otherwise.
 """
@@ -19,14 +22,18 @@ from fedmsg_notify.bus.zeromq import Subscriber
 from fedmsg_notify.clock import Clock
 from fedmsg_notify.delivery.digest import DigestScheduler
 from fedmsg_notify.delivery.guard import IntakeGuard
-from fedmsg_notify.delivery.intake import Pipeline, accept_batch
+from fedmsg_notify.delivery.intake import Pipeline, route_batch
 from fedmsg_notify.delivery.workers import DestinationWorker
 from fedmsg_notify.store.interface import Store
+from fedmsg_notify.store.records import NewDelivery, NewDigestEntry
+from fedmsg_notify.store.writer import IntakeWriter
 
 log = logging.getLogger(__name__)
 
 # Messages routed, rendered and committed per transaction.
 INTAKE_SLICE = 64
+# Messages routed and rendered between two yields to the event loop.
+ROUTE_SLICE = 8
 
 
 class BusIntake:
@@ -37,6 +44,7 @@ class BusIntake:
     """
 
     store: Store | None
+    writer: IntakeWriter | None
     verifier: Verifier | None
     pipeline: Pipeline
     clock: Clock
@@ -49,20 +57,38 @@ class BusIntake:
 
         def worker(self, destination: Destination) -> DestinationWorker: ...
 
-    def accept(self, batch: Sequence[Message]) -> bool:
+    async def accept(self, batch: Sequence[Message]) -> bool:
         """The intake stage for one bus batch: stored in one transaction, then workers woken.
 
         False if the storage refused the batch (full, read-only): nothing of it was stored,
         and a bus that can redeliver (AMQP) should leave it on the broker.
         """
-        return self.guard.run(self._store_batch, batch)
+        return await self.guard.run(self._store_batch, batch)
 
-    def _store_batch(self, batch: Sequence[Message]) -> None:
+    async def _store_batch(self, batch: Sequence[Message]) -> None:
         assert self.store is not None
         if self.verifier is not None:
             # Forged, tampered and unsigned messages stop here (or go on marked unverified).
             batch = [message for message in batch if self.verifier.admit(message)]
-        accepted = accept_batch(self.store, self.pipeline, batch, self.clock.time())
+        # Matching and rendering on the loop (templates and rules are not shared with threads),
+        # a few messages at a time with a yield between them (three email renderings of a
+        # message take ~1-2 ms); the durable commit in the writer thread, so a slow disk
+        # stalls nothing else.
+        deliveries: list[NewDelivery] = []
+        entries: list[NewDigestEntry] = []
+        for start in range(0, len(batch), ROUTE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            routed, digested = route_batch(self.pipeline, batch[start : start + ROUTE_SLICE])
+            deliveries += routed
+            entries += digested
+        if not deliveries and not entries:
+            return
+        now = self.clock.time()
+        if self.writer is not None:
+            accepted = await self.writer.accept(deliveries, entries, now=now)
+        else:
+            accepted = self.store.accept(deliveries, entries, now=now)
         for destination in accepted.deliveries:
             self.worker(destination).notify()
         if accepted.digests and self.digests is not None:
@@ -88,7 +114,7 @@ class BusIntake:
             stored = True
             try:
                 for start in range(0, len(batch.messages), INTAKE_SLICE):
-                    stored = self.accept(batch.messages[start : start + INTAKE_SLICE])
+                    stored = await self.accept(batch.messages[start : start + INTAKE_SLICE])
                     if not stored:
                         break
                     await asyncio.sleep(0)
@@ -112,7 +138,7 @@ class BusIntake:
             for start in range(0, len(batch), INTAKE_SLICE):
                 while True:
                     try:
-                        self.accept(batch[start : start + INTAKE_SLICE])
+                        await self.accept(batch[start : start + INTAKE_SLICE])
                         break
                     except OSError as exc:
                         # The shared store is restarting: hold the slice (the bus buffers the rest) and retry.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from fedmsg_notify import systemd
@@ -58,7 +58,7 @@ class IntakeGuard:
     def paused(self) -> bool:
         return self.fault is not None
 
-    def run(self, write: Callable[[Sequence[T]], None], batch: Sequence[T]) -> bool:
+    async def run(self, write: Callable[[Sequence[T]], Awaitable[None]], batch: Sequence[T]) -> bool:
         """Store ``batch`` through ``write``; False (and counted) if the storage refused it."""
         now = time.monotonic()
         if self.fault is not None and now - self._last_probe < self.probe_every:
@@ -66,7 +66,7 @@ class IntakeGuard:
             return False
         self._last_probe = now
         try:
-            write(batch)
+            await write(batch)
         except Exception as exc:
             reason = storage_fault(exc)
             if reason is None:

@@ -73,6 +73,14 @@ def _options(route: Route) -> dict[str, Any]:
 
 def accept_batch(store: Store, pipeline: Pipeline, batch: Sequence[Message], now: float) -> Accepted:
     """Route, render and store one batch; return what was stored (to wake the workers)."""
+    deliveries, entries = route_batch(pipeline, batch)
+    if not deliveries and not entries:
+        return Accepted(frozenset(), frozenset(), 0)
+    return store.accept(deliveries, entries, now=now)
+
+
+def route_batch(pipeline: Pipeline, batch: Sequence[Message]) -> tuple[list[NewDelivery], list[NewDigestEntry]]:
+    """Route and render one batch: the rows to store (the daemon commits them in its writer thread)."""
     deliveries: list[NewDelivery] = []
     entries: list[NewDigestEntry] = []
     for message in batch:
@@ -92,9 +100,7 @@ def accept_batch(store: Store, pipeline: Pipeline, batch: Sequence[Message], now
                 entries.append(stored)
             elif stored is not None:
                 deliveries.append(stored)
-    if not deliveries and not entries:
-        return Accepted(frozenset(), frozenset(), 0)
-    return store.accept(deliveries, entries, now=now)
+    return deliveries, entries
 
 
 def _one_route(

@@ -9,7 +9,9 @@ dead SMTP server therefore never delays IRC, and a hung send is cut off by
 Exactly once, and the one window left open
 -------------------------------------------
 A delivery is marked ``sent`` in the statement right after ``backend.send`` returns,
-in the same task and with no ``await`` in between, so nothing else runs in that gap. What no local protocol
+in the same task and with no ``await`` in between, so nothing else runs in that gap
+(if the intake writer thread holds the SQLite lock at that instant, the mark is kept and
+written a few milliseconds later, and nothing more is sent to the destination meanwhile). What no local protocol
 can close is a crash after the remote side accepted the message and before our commit:
 at most one delivery per destination (the one in flight — sends to a destination are
 sequential) is then sent again after the restart. Backends that can be idempotent
@@ -31,7 +33,7 @@ from fedmsg_notify.clock import Clock
 from fedmsg_notify.delivery.coalesce import Coalescer
 from fedmsg_notify.delivery.retry import Outcome, RetryPolicy
 from fedmsg_notify.pacing import TokenBucket
-from fedmsg_notify.store.faults import storage_fault
+from fedmsg_notify.store.faults import storage_busy, storage_fault
 from fedmsg_notify.store.interface import Store
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 WINDOW_SECONDS = 5.0
 # How often an outcome the storage refused to record (disk full) is tried again.
 RECORD_RETRY = 1.0
+# How soon an outcome is recorded again when the intake writer held the store's lock (real time).
+BUSY_RETRY = 0.005
 # While a destination is paused after a failure, how often its backlog limits are applied.
 BACKLOG_CHECK = 10.0
 
@@ -123,6 +127,9 @@ class DestinationWorker:
         # Outcomes already known but not yet in the store (it refused the write): nothing
         # more is sent until they are, so a sent row is never sent again because of it.
         self.unrecorded: list[tuple[str, Callable[[], object]]] = []
+        # Whether the last refused write found the store locked by the intake writer (see
+        # Outbox._no_wait) rather than the storage failing.
+        self._lock_busy = False
         self._absent = False
 
     def start(self) -> None:
@@ -155,7 +162,11 @@ class DestinationWorker:
     async def run(self) -> None:
         while not self.stopped.is_set():
             if self.unrecorded and not self._flush_unrecorded():
-                await self.clock.wait(self.stopped, RECORD_RETRY)
+                if self._lock_busy:
+                    # Not a schedule but a lock held for a few ms: real time, also under a fake clock.
+                    await asyncio.sleep(BUSY_RETRY)
+                else:
+                    await self.clock.wait(self.stopped, RECORD_RETRY)
                 continue
             now = self.clock.time()
             if now < self.paused_until:
@@ -293,9 +304,14 @@ class DestinationWorker:
         try:
             write()
         except Exception as exc:
+            if storage_busy(exc):
+                self._lock_busy = True
+                self.unrecorded.append((what, write))
+                return
             reason = storage_fault(exc)
             if reason is None:
                 raise
+            self._lock_busy = False
             log.error("%s: could not record '%s' for %s (%s); sends to it wait until it can be",
                       reason, what, self.destination, exc)
             self.unrecorded.append((what, write))
@@ -307,9 +323,11 @@ class DestinationWorker:
             try:
                 write()
             except Exception as exc:
-                if storage_fault(exc) is None:
+                self._lock_busy = storage_busy(exc)
+                if not self._lock_busy and storage_fault(exc) is None:
                     raise
                 return False
             self.unrecorded.pop(0)
-            log.info("recorded '%s' for %s now that the storage accepts writes", what, self.destination)
+            if not self._lock_busy:
+                log.info("recorded '%s' for %s now that the storage accepts writes", what, self.destination)
         return True

@@ -2,6 +2,8 @@
 
 * :func:`storage_fault` says whether an exception out of a write means the storage is
   failing (full, read-only, I/O error, gone) rather than a bug, and in a few words what.
+* :func:`storage_busy` says whether a write found the lock taken (a write that does not
+  wait for it, see the SQLite store's send marks), to be tried again in a moment.
 * :func:`storage_health` looks at the filesystem holding the state (an empty probe file at most),
   for ``status`` and for the probe that decides when intake may resume.
 * :func:`check_state_file` refuses, before anything is written, a file at ``state:`` that
@@ -53,6 +55,16 @@ def storage_fault(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in _OS_FAULTS:
         return _OS_FAULTS[exc.errno]
     return None
+
+
+def storage_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says another connection holds the write lock right now (try again shortly)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == 5  # SQLITE_BUSY
+    return "database is locked" in str(exc).lower()
 
 
 def storage_health(path: str | Path) -> str | None:

@@ -6,7 +6,9 @@ Two implementations, each one file plus the helpers it splits out:
 The delivery stage, the daemon and ``status`` type against :class:`Store`, so a third
 store is a third file that mypy checks against this protocol, not a fork of the callers.
 
-Every method is synchronous and short: the daemon calls them from its event loop.
+Every method is synchronous and short: the daemon calls them from its event loop, except
+a batch's durable :meth:`Store.accept`, which it runs on an :meth:`Store.intake_twin` in its
+writer thread (:mod:`~fedmsg_notify.store.writer`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ class Store(Protocol):
     """Durable state: the dedup log, the delivery queue, digest entries, counters."""
 
     def close(self) -> None: ...
+
+    def intake_twin(self) -> Callable[[], Store]:
+        """What opens a second handle on the same state, for the intake writer thread (called there).
+
+        Only :meth:`accept`, :meth:`checkpoint` and :meth:`close` are called on the twin.
+        """
+        ...
+
+    def checkpoint(self) -> None:
+        """Housekeeping of the write-ahead log, from the writer thread (a no-op where the server does it)."""
+        ...
 
     # -- intake -----------------------------------------------------------------------
 

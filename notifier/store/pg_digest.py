@@ -8,7 +8,9 @@ from typing import Any
 
 import psycopg
 from fedmsg_notify.backend import Destination
-from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps, _loads_text
+from fedmsg_notify.store.pg_rows import attach_bodies
+from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps
+from fedmsg_notify.store.shared import envelope_of, meta_of, rendered_of
 
 Row = dict[str, Any]
 
@@ -59,6 +61,7 @@ def flush_digest(
             "SELECT * FROM digest_entries WHERE dest = %s AND flushed_into IS NULL ORDER BY id LIMIT %s",
             (destination.key, limit),
         ).fetchall()
+        attach_bodies(db, rows, envelopes=True)
         if not rows:
             return None
         entries = [_entry(row) for row in rows[:render_cap]]
@@ -106,9 +109,9 @@ def _entry(row: Row) -> DigestEntry:
         options=json.loads(row["options"]),
         topic=row["topic"],
         service=row["service"],
-        envelope=json.loads(row["envelope"]),
-        meta=_loads_text(row["meta"]),
-        rendered=_loads_text(row["rendered"]),
+        envelope=envelope_of(row),
+        meta=meta_of(row),
+        rendered=rendered_of(row),
         timestamp=float(row["timestamp"]),
         created=float(row["created"]),
     )
@@ -121,7 +124,7 @@ def _merged_meta(rows: Sequence[Row]) -> dict[str, Any]:
     packages: dict[str, None] = {}
     for row in rows:
         services.setdefault(row["service"], None)
-        meta = _loads_text(row["meta"])
+        meta = meta_of(row)
         for name in meta.get("usernames") or ():
             if len(usernames) < MERGED_META_CAP:
                 usernames.setdefault(str(name), None)

@@ -3,7 +3,8 @@
 Every daemon of a cluster runs :func:`migrate` when it opens the store. The first takes
 the session advisory lock :data:`MIGRATION_LOCK`, applies the migrations newer than
 the version recorded in ``schema_migrations`` (each in its own transaction, together
-with its row there) and lets go; the others wait on the lock and then find nothing to
+with its row there; a new database gets them all in one, recorded as the
+latest) and lets go; the others wait on the lock and then find nothing to
 do. A database written by a newer release (a version we do not know) is refused rather
 than used half-understood.
 
@@ -120,9 +121,36 @@ CREATE TABLE holders (
 """,
     ),
     (
+        # Each message's shared parts once (see fedmsg_notify.store.shared): deliveries and
+        # digest entries point at a body (one rendering), the body at its message. Rows of
+        # version 1 keep their parts inline (body NULL).
+        2,
+        """
+CREATE TABLE messages (
+    id BIGSERIAL PRIMARY KEY,
+    msg_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    service TEXT NOT NULL,
+    timestamp DOUBLE PRECISION NOT NULL,
+    meta BYTEA NOT NULL,
+    envelope BYTEA
+);
+CREATE TABLE bodies (
+    id BIGSERIAL PRIMARY KEY,
+    message BIGINT NOT NULL,
+    parts BYTEA NOT NULL
+);
+CREATE INDEX bodies_message ON bodies(message);
+ALTER TABLE deliveries ADD COLUMN body BIGINT;
+ALTER TABLE digest_entries ADD COLUMN body BIGINT;
+CREATE INDEX deliveries_body ON deliveries(body) WHERE body IS NOT NULL;
+CREATE INDEX digest_entries_body ON digest_entries(body) WHERE body IS NOT NULL;
+""",
+    ),
+    (
         # The cluster-wide pace of each account (see pg_pace), and each daemon's bus connection for
         # `status`. IF NOT EXISTS: harmless if renumbered in a merge.
-        2,
+        3,
         """
 CREATE TABLE IF NOT EXISTS pace_buckets (
     account TEXT PRIMARY KEY,
@@ -166,6 +194,13 @@ def migrate(db: psycopg.Connection[Any]) -> list[int]:
                 f"the database has schema version {version}, newer than this release knows ({LATEST});"
                 " upgrade fedmsg-notify on this host"
             )
+        if version == 0:
+            # A new database is created at the latest version in one step (one row recorded).
+            with db.transaction():
+                for _, script in MIGRATIONS:
+                    db.execute(script.encode())
+                db.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (LATEST,))
+            return [LATEST]
         for number, script in MIGRATIONS:
             if number <= version:
                 continue

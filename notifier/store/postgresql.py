@@ -24,7 +24,6 @@ since every change is one transaction.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,7 +32,8 @@ from typing import Any, TypeVar
 
 import psycopg
 from fedmsg_notify.backend import Destination, Item
-from fedmsg_notify.store import pg_digest
+from fedmsg_notify.store import pg_digest, pg_rows
+from fedmsg_notify.store.pg_rows import ITEM_COLUMNS
 from fedmsg_notify.store.pg_schema import migrate
 from fedmsg_notify.store.records import (
     Accepted,
@@ -43,9 +43,8 @@ from fedmsg_notify.store.records import (
     NewDelivery,
     NewDigestEntry,
     _dumps,
-    _dumps_text,
-    _loads_text,
 )
+from fedmsg_notify.store.shared import item as item_of
 from psycopg.rows import dict_row
 
 log = logging.getLogger(__name__)
@@ -56,38 +55,6 @@ Row = dict[str, Any]
 
 class StoreUnavailable(OSError):
     """The database cannot be reached right now (the caller retries later)."""
-
-
-_ITEM_COLUMNS = (
-    "id, msg_id, account, recipient, rule, topic, service, rendered, options, meta, timestamp, count, attempts"
-)
-
-_ACCEPT_DELIVERY = """
-WITH first AS (
-    INSERT INTO accepted (msg_id, dest, at) VALUES (%(msg_id)s, %(dest)s, %(now)s)
-    ON CONFLICT DO NOTHING RETURNING 1
-)
-INSERT INTO deliveries (dest, account, recipient, msg_id, rule, topic, service, rendered, options, meta,
-                        timestamp, next_attempt, created, state, last_error, finished)
-SELECT %(dest)s::text, %(account)s::text, %(recipient)s::text, %(msg_id)s::text, %(rule)s::text, %(topic)s::text,
-       %(service)s::text, %(rendered)s::text, %(options)s::text, %(meta)s::text, %(timestamp)s::float8,
-       %(now)s::float8, %(now)s::float8, %(state)s::text, %(error)s::text, %(finished)s::float8
-FROM first RETURNING id
-"""
-
-_ACCEPT_ENTRY = """
-WITH first AS (
-    INSERT INTO accepted (msg_id, dest, at) VALUES (%(msg_id)s, %(dest)s, %(now)s)
-    ON CONFLICT DO NOTHING RETURNING 1
-)
-INSERT INTO digest_entries (dest, account, recipient, msg_id, rule, rule_file, template, options, every, max,
-                            topic, service, envelope, meta, rendered, timestamp, created)
-SELECT %(dest)s::text, %(account)s::text, %(recipient)s::text, %(msg_id)s::text, %(rule)s::text,
-       %(rule_file)s::text, %(template)s::text, %(options)s::text, %(every)s::float8, %(max)s::int,
-       %(topic)s::text, %(service)s::text, %(envelope)s::text, %(meta)s::text, %(rendered)s::text,
-       %(timestamp)s::float8, %(now)s::float8
-FROM first RETURNING id
-"""
 
 
 def _destination(account: str, recipient: str | None) -> Destination:
@@ -118,6 +85,7 @@ class Outbox:
         readonly: bool = False,
         lease: float = 60.0,
         connect_timeout: float = 5.0,
+        twin: bool = False,
     ) -> None:
         self.url = url
         self.path = safe_url(url)
@@ -126,8 +94,10 @@ class Outbox:
         self._password = password
         self._connect_timeout = connect_timeout
         self._leases: dict[int, float] = {}
+        # An intake twin only accepts: it holds no leases, so it hands none back on close.
+        self._twin = twin
         self.db = self._connect()
-        if not readonly:
+        if not readonly and not twin:
             applied = migrate(self.db)
             if applied:
                 log.info("%s: schema migrated to version %d", self.path, applied[-1])
@@ -141,8 +111,16 @@ class Outbox:
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"{self.path}: cannot connect: {str(exc).strip()}") from exc
 
+    def intake_twin(self) -> Callable[[], Outbox]:
+        """What opens a second connection for the intake's writer thread: a commit waits there, not on the loop."""
+        url, owner, password, lease, timeout = self.url, self.owner, self._password, self.lease, self._connect_timeout
+        return lambda: Outbox(url, owner=owner, password=password, lease=lease, connect_timeout=timeout, twin=True)
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints on its own."""
+
     def close(self) -> None:
-        if not self.db.closed and not self.db.broken:
+        if not self.db.closed and not self.db.broken and not self._twin:
             try:
                 # Let the other daemons take what we claimed right away, not after the lease.
                 self.db.execute(
@@ -183,60 +161,8 @@ class Outbox:
     def accept(
         self, deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEntry] = (), *, now: float
     ) -> Accepted:
-        """Store a batch in ONE transaction; pairs any daemon accepted before are skipped."""
-        rows = [
-            {
-                "msg_id": new.msg_id,
-                "dest": new.destination.key,
-                "account": new.destination.account,
-                "recipient": new.destination.to,
-                "rule": new.rule,
-                "topic": new.topic,
-                "service": new.service,
-                "rendered": _dumps_text(dict(new.rendered)),
-                "options": _dumps(dict(new.options)),
-                "meta": _dumps_text(dict(new.meta)),
-                "timestamp": new.timestamp,
-                "now": now,
-                "state": "queued" if new.error is None else "failed",
-                "error": new.error,
-                "finished": None if new.error is None else now,
-            }
-            for new in deliveries
-        ]
-        digest_rows = [
-            {
-                "msg_id": e.msg_id,
-                "dest": e.destination.key,
-                "account": e.destination.account,
-                "recipient": e.destination.to,
-                "rule": e.rule,
-                "rule_file": e.rule_file,
-                "template": e.template,
-                "options": _dumps(dict(e.options)),
-                "every": e.every,
-                "max": e.max,
-                "topic": e.topic,
-                "service": e.service,
-                "envelope": _dumps(dict(e.envelope)),
-                "meta": _dumps_text(dict(e.meta)),
-                "rendered": _dumps_text(dict(e.rendered)),
-                "timestamp": e.timestamp,
-                "now": now,
-            }
-            for e in entries
-        ]
-
-        def work(db: psycopg.Connection[Row]) -> Accepted:
-            with db.transaction(), db.cursor() as cursor:
-                stored = _insert_many(cursor, _ACCEPT_DELIVERY, rows)
-                stored_entries = _insert_many(cursor, _ACCEPT_ENTRY, digest_rows)
-            touched = {new.destination for new, ok in zip(deliveries, stored, strict=True) if ok and not new.error}
-            digests = {e.destination for e, ok in zip(entries, stored_entries, strict=True) if ok}
-            duplicates = stored.count(False) + stored_entries.count(False)
-            return Accepted(frozenset(touched), frozenset(digests), duplicates)
-
-        return self._call(work)
+        """Store a batch in ONE transaction; pairs any daemon accepted before are skipped (see :mod:`pg_rows`)."""
+        return self._call(lambda db: pg_rows.insert_batch(db, deliveries, entries, now))
 
     # -- the delivery queue -----------------------------------------------------------
 
@@ -256,14 +182,14 @@ class Outbox:
                 f" AND next_attempt <= %(now)s"
                 f" AND (lease_owner IS NULL OR lease_owner = %(me)s OR lease_until <= %(now)s)"
                 f" ORDER BY position LIMIT %(limit)s FOR UPDATE SKIP LOCKED) c"
-                f" WHERE d.id = c.id RETURNING d.position, {', '.join('d.' + c for c in _ITEM_COLUMNS.split(', '))}",
+                f" WHERE d.id = c.id RETURNING d.position, {', '.join('d.' + c for c in ITEM_COLUMNS.split(', '))}",
                 {"me": self.owner, "until": until, "dest": destination.key, "now": now, "limit": limit},
             ).fetchall()
 
-        rows = sorted(self._call(work), key=lambda row: row["position"])
+        rows = sorted(self._call(lambda db: pg_rows.attach_bodies(db, work(db))), key=lambda row: row["position"])
         for row in rows:
             self._leases[int(row["id"])] = until
-        return [(self._item(row), int(row["attempts"])) for row in rows]
+        return [(item_of(row), int(row["attempts"])) for row in rows]
 
     def holds(self, item: Item, now: float) -> bool:
         """Whether at least half of our lease on ``item`` is left (else re-claim it before sending).
@@ -272,22 +198,6 @@ class Outbox:
         """
         lease = self._leases.get(item.id)
         return lease is not None and lease - now >= self.lease / 2
-
-    @staticmethod
-    def _item(row: Row) -> Item:
-        return Item(
-            id=int(row["id"]),
-            msg_id=row["msg_id"],
-            destination=_destination(row["account"], row["recipient"]),
-            rule=row["rule"],
-            topic=row["topic"],
-            service=row["service"],
-            rendered=_loads_text(row["rendered"]),
-            options=json.loads(row["options"]),
-            meta=_loads_text(row["meta"]),
-            timestamp=float(row["timestamp"]),
-            count=int(row["count"]),
-        )
 
     def next_due(self, destination: Destination) -> float | None:
         """When a queued delivery may next be tried here: its retry time, or when another daemon's lease ends."""
@@ -363,14 +273,14 @@ class Outbox:
         def work(db: psycopg.Connection[Row]) -> int | None:
             with db.transaction():
                 rows = db.execute(
-                    f"SELECT {_ITEM_COLUMNS}, kind, position FROM deliveries WHERE dest = %s AND state = 'queued'"
+                    f"SELECT {ITEM_COLUMNS}, kind, position FROM deliveries WHERE dest = %s AND state = 'queued'"
                     " AND (lease_owner IS NULL OR lease_owner = %s OR lease_until <= %s)"
                     " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED",
                     (destination.key, self.owner, now, merge),
                 ).fetchall()
                 if len(rows) < 2:
                     return None
-                items = [self._item(row) for row in rows]
+                items = [item_of(row) for row in pg_rows.attach_bodies(db, rows)]
                 rendered = dict(summarise(items))
                 services = {item.service for item in items}
                 topics = {item.topic for item in items}
@@ -468,30 +378,22 @@ class Outbox:
 
         def work(db: psycopg.Connection[Row]) -> int:
             with db.transaction():
-                removed = db.execute(
-                    "DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < %s",
-                    (now - min(keep_sent_rows, keep_done),),
-                ).rowcount
-                removed += db.execute(
-                    "DELETE FROM deliveries WHERE state = 'failed' AND finished < %s", (now - keep_failed,)
-                ).rowcount
-                removed += db.execute(
-                    "DELETE FROM digest_entries WHERE flushed_into IS NOT NULL AND created < %s", (now - keep_done,)
-                ).rowcount
+                # One prune at a time cluster-wide: two prunes each deleting one of a body's two
+                # rows would each still see the other's, and neither would forget the body.
+                db.execute("SELECT pg_advisory_xact_lock(hashtext('fedmsg-notify:prune'))")
+                bodies: list[int] = []
+                removed = 0
+                for query, cutoff in (
+                    ("DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < %s",
+                     now - min(keep_sent_rows, keep_done)),
+                    ("DELETE FROM deliveries WHERE state = 'failed' AND finished < %s", now - keep_failed),
+                    ("DELETE FROM digest_entries WHERE flushed_into IS NOT NULL AND created < %s", now - keep_done),
+                ):
+                    gone = db.execute(query + " RETURNING body", (cutoff,)).fetchall()
+                    removed += len(gone)
+                    bodies.extend(int(row["body"]) for row in gone if row["body"] is not None)
+                pg_rows.forget_shared(db, bodies)  # parts of the rows counted above
                 removed += db.execute("DELETE FROM accepted WHERE at < %s", (now - keep_done,)).rowcount
                 return removed
 
         return self._call(work)
-
-
-def _insert_many(cursor: psycopg.Cursor[Row], query: str, rows: list[dict[str, Any]]) -> list[bool]:
-    """Run ``query`` once per row in one pipelined batch; whether each inserted a row."""
-    if not rows:
-        return []
-    cursor.executemany(query, rows, returning=True)
-    stored: list[bool] = []
-    while True:
-        stored.append(cursor.fetchone() is not None)
-        if not cursor.nextset():
-            break
-    return stored

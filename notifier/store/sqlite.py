@@ -13,6 +13,10 @@ through the tables:
   holds the retry schedule, so it survives a restart.
 * ``digest_entries`` — messages waiting for a digest; a flush claims them
   (``flushed_into``) and inserts the digest's delivery in one transaction.
+* ``messages`` / ``bodies`` — what a message's deliveries and entries share, stored once
+  per batch: its metadata (and envelope, for digests) and each distinct rendering; rows
+  point at a body (``body``) and pruning forgets the shared rows with their last row
+  (:mod:`~fedmsg_notify.store.shared`, written by :mod:`~fedmsg_notify.store.sqlite_rows`).
 * ``destinations`` / ``counters`` — what ``status`` shows besides the queues.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=NORMAL``. In WAL mode NORMAL
@@ -26,7 +30,10 @@ idempotency keys cover Mastodon and email). ``FULL`` would close that by fsyncin
 commit — one per send — which costs more than it buys here.
 
 All methods are synchronous and short; the daemon calls them from its event loop
-(each is a handful of indexed statements, well under a millisecond).
+(each is a handful of indexed statements, well under a millisecond) -- except
+:meth:`Outbox.accept`, a batch's durable commit, which the daemon runs on a second
+connection (:meth:`Outbox.intake_twin`) in its intake writer thread
+(:mod:`~fedmsg_notify.store.writer`), with the checkpoints.
 
 This module holds the connection, intake, the delivery queue, flood coalescing and
 retention; the tables are in :mod:`~fedmsg_notify.store.sqlite_schema`, digests in
@@ -37,15 +44,15 @@ retention; the tables are in :mod:`~fedmsg_notify.store.sqlite_schema`, digests 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from fedmsg_notify.backend import Destination, Item
-from fedmsg_notify.store import sqlite_digest
+from fedmsg_notify.store import shared, sqlite_digest, sqlite_rows
 from fedmsg_notify.store.records import (
     MERGED_META_CAP,
     Accepted,
@@ -55,10 +62,8 @@ from fedmsg_notify.store.records import (
     NewDelivery,
     NewDigestEntry,
     _dumps,
-    _dumps_text,
-    _loads_text,
 )
-from fedmsg_notify.store.sqlite_schema import SCHEMA, SCHEMA_VERSION
+from fedmsg_notify.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, migrate
 from fedmsg_notify.store.sqlite_status import destination_status
 
 # The records and the schema used to live here; their old import path keeps working.
@@ -76,11 +81,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_ITEM_COLUMNS = (
-    "id, msg_id, account, recipient, rule, topic, service, rendered, options, meta, timestamp, count, attempts"
-)
-
 
 def _destination(account: str, recipient: str | None) -> Destination:
     return Destination(account, recipient)
@@ -102,12 +102,18 @@ class Outbox:
             self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             # The schema, and every batch accepted from the bus, is on disk before we go on
-            # (FULL: the WAL is fsynced at commit); the workers' bookkeeping commits with
-            # NORMAL, which a crash of the machine can only roll back to "send again".
+            # (FULL for the schema; an accept fsyncs the WAL after its commit, see
+            # transaction); the workers' bookkeeping commits with NORMAL, which a crash of
+            # the machine can only roll back to "send again".
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            found = migrate(self.db)
+            if 0 < found < SCHEMA_VERSION:
+                log.info("%s: schema upgraded from version %d to %d", self.path, found, SCHEMA_VERSION)
             self.db.execute("PRAGMA synchronous=NORMAL")
+        self._wal_entry_synced = False
+        self._timeout_ms = int(timeout * 1000)
+        # Once an intake writer thread shares the file, send marks do not wait for its lock.
+        self._marks_wait = True
         self.db.row_factory = sqlite3.Row
 
     def close(self) -> None:
@@ -115,13 +121,19 @@ class Outbox:
 
     @contextmanager
     def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction; ``durable``: fsynced at commit (what was accepted survives a power loss)."""
+        """One write transaction; ``durable``: on disk before this returns (survives a power loss).
+
+        The durable commit is an ordinary (NORMAL) commit followed by an fsync of the WAL
+        file, *after* the write lock is released: the fsync -- the slow part on a busy disk
+        -- never holds up another connection's write (a worker marking a send). It is as
+        durable as ``synchronous=FULL``: the fsync covers every frame written so far, and
+        if a checkpoint moved our frames into the database file first, that checkpoint
+        fsynced the database before the WAL could be reused (SQLite does, in NORMAL mode).
+        """
         if self.db.in_transaction:
             # Left open by a COMMIT the storage refused (full disk): start from a clean slate.
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-        if durable:
-            self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -133,93 +145,61 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):
                     self.db.execute("ROLLBACK")
             raise
+        if durable:
+            self._sync_wal()
+
+    def _sync_wal(self) -> None:
+        """fsync the WAL (and, the first time, its directory entry: the WAL is created per run)."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            # No WAL (a filesystem where SQLite could not enable it): the commit is in the file itself.
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
         finally:
-            if durable and not self.db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self.db.execute("PRAGMA synchronous=NORMAL")
+            os.close(fd)
+        if not self._wal_entry_synced:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._wal_entry_synced = True
+
+    def intake_twin(self) -> Callable[[], Outbox]:
+        """What opens a second connection to the file, for the intake's writer thread (call it there).
+
+        From now on checkpoints are the twin's job (:meth:`checkpoint`): this connection --
+        the event loop's -- never runs one, so the loop never waits for a checkpoint's fsyncs.
+        """
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self._marks_wait = False
+        path = self.path
+        return lambda: Outbox(path)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for another connection).
+
+        When the whole WAL was copied, one small write restarts it here, at once: the first
+        write into a restarted WAL fsyncs its header, and that should be this thread's, not
+        the event loop's next send mark.
+        """
+        busy, log_frames, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if not busy and log_frames > 1 and copied == log_frames:
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- intake ---------------------------------------------------------------------
 
     def accept(
         self, deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEntry] = (), *, now: float
     ) -> Accepted:
-        """Store a batch in ONE transaction; (msg_id, destination) pairs seen before are skipped."""
-        touched: set[Destination] = set()
-        digests: set[Destination] = set()
-        duplicates = 0
-        first_id: int | None = None
+        """Store a batch in ONE durable transaction; (msg_id, destination) pairs seen before are skipped."""
+        # Packed (and compressed) before the write lock is taken: the loop's send marks wait
+        # for the lock, so it is held for the inserts only.
+        packed = shared.pack_batch(deliveries, entries)
         with self.transaction(durable=True) as db:
-            for new in deliveries:
-                if not self._first_time(db, new.msg_id, new.destination, now):
-                    duplicates += 1
-                    continue
-                cursor = db.execute(
-                    "INSERT INTO deliveries (dest, account, recipient, msg_id, rule, topic, service, rendered,"
-                    " options, meta, timestamp, next_attempt, created, state, last_error, finished)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        new.destination.key,
-                        new.destination.account,
-                        new.destination.to,
-                        new.msg_id,
-                        new.rule,
-                        new.topic,
-                        new.service,
-                        _dumps_text(dict(new.rendered)),
-                        _dumps(dict(new.options)),
-                        _dumps_text(dict(new.meta)),
-                        new.timestamp,
-                        now,
-                        now,
-                        "queued" if new.error is None else "failed",
-                        new.error,
-                        None if new.error is None else now,
-                    ),
-                )
-                if first_id is None:
-                    first_id = cursor.lastrowid
-                if new.error is None:
-                    touched.add(new.destination)
-            if first_id is not None:
-                # Send order is insertion order: one statement for the batch, not one per row.
-                db.execute("UPDATE deliveries SET position = id WHERE id >= ? AND position IS NULL", (first_id,))
-            for entry in entries:
-                if not self._first_time(db, entry.msg_id, entry.destination, now):
-                    duplicates += 1
-                    continue
-                db.execute(
-                    "INSERT INTO digest_entries (dest, account, recipient, msg_id, rule, rule_file, template,"
-                    " options, every, max, topic, service, envelope, meta, rendered, timestamp, created)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        entry.destination.key,
-                        entry.destination.account,
-                        entry.destination.to,
-                        entry.msg_id,
-                        entry.rule,
-                        entry.rule_file,
-                        entry.template,
-                        _dumps(dict(entry.options)),
-                        entry.every,
-                        entry.max,
-                        entry.topic,
-                        entry.service,
-                        _dumps(dict(entry.envelope)),
-                        _dumps_text(dict(entry.meta)),
-                        _dumps_text(dict(entry.rendered)),
-                        entry.timestamp,
-                        now,
-                    ),
-                )
-                digests.add(entry.destination)
-        return Accepted(frozenset(touched), frozenset(digests), duplicates)
-
-    @staticmethod
-    def _first_time(db: sqlite3.Connection, msg_id: str, destination: Destination, now: float) -> bool:
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO accepted (msg_id, dest, at) VALUES (?,?,?)", (msg_id, destination.key, now)
-        )
-        return cursor.rowcount == 1
+            return sqlite_rows.store_packed(db, packed, now)
 
     # -- the delivery queue -----------------------------------------------------------
 
@@ -231,31 +211,15 @@ class Outbox:
     def window(self, destination: Destination, now: float, limit: int) -> list[tuple[Item, int]]:
         """The next ``limit`` due deliveries of a destination, in send order, with their attempt counts."""
         rows = self.db.execute(
-            f"SELECT {_ITEM_COLUMNS} FROM deliveries WHERE dest = ? AND state = 'queued' AND next_attempt <= ?"
-            " ORDER BY position LIMIT ?",
+            f"{sqlite_rows.ITEM_SELECT} WHERE d.dest = ? AND d.state = 'queued' AND d.next_attempt <= ?"
+            " ORDER BY d.position LIMIT ?",
             (destination.key, now, limit),
         ).fetchall()
-        return [(self._item(row), int(row["attempts"])) for row in rows]
+        return [(shared.item(row), int(row["attempts"])) for row in rows]
 
     def holds(self, item: Item, now: float) -> bool:
         """Whether this daemon may send ``item`` now: always, with one daemon per file."""
         return True
-
-    @staticmethod
-    def _item(row: sqlite3.Row) -> Item:
-        return Item(
-            id=int(row["id"]),
-            msg_id=row["msg_id"],
-            destination=_destination(row["account"], row["recipient"]),
-            rule=row["rule"],
-            topic=row["topic"],
-            service=row["service"],
-            rendered=_loads_text(row["rendered"]),
-            options=json.loads(row["options"]),
-            meta=_loads_text(row["meta"]),
-            timestamp=float(row["timestamp"]),
-            count=int(row["count"]),
-        )
 
     def next_due(self, destination: Destination) -> float | None:
         """When the destination's earliest queued delivery may be tried (``None``: nothing queued)."""
@@ -282,19 +246,37 @@ class Outbox:
         One statement, committed on its own; the ``deliveries_sent`` trigger counts it for
         the destination within the same implicit transaction.
         """
-        self.db.execute(
-            "UPDATE deliveries SET state = 'sent', finished = ?, last_error = NULL WHERE id = ?", (now, item.id)
-        )
+        with self._no_wait():
+            self.db.execute(
+                "UPDATE deliveries SET state = 'sent', finished = ?, last_error = NULL WHERE id = ?", (now, item.id)
+            )
+
+    @contextmanager
+    def _no_wait(self) -> Iterator[None]:
+        """A send mark on the event loop's connection: if the intake writer holds the lock, fail at once.
+
+        SQLite's busy handler sleeps in steps of up to 100 ms, blocking the thread -- here the
+        event loop. The worker keeps the outcome and tries again in a few milliseconds without
+        blocking (``storage_busy``), sending nothing meanwhile.
+        """
+        if self._marks_wait:
+            yield
+            return
+        self.db.execute("PRAGMA busy_timeout=0")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={self._timeout_ms}")
 
     def mark_retry(self, item: Item, attempts: int, next_attempt: float, reason: str) -> None:
-        with self.transaction() as db:
+        with self._no_wait(), self.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
                 (attempts, next_attempt, reason, item.id),
             )
 
     def mark_failed(self, item: Item, attempts: int, reason: str, now: float) -> None:
-        with self.transaction() as db:
+        with self._no_wait(), self.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET state = 'failed', attempts = ?, last_error = ?, finished = ? WHERE id = ?",
                 (attempts, reason, now, item.id),
@@ -319,13 +301,12 @@ class Outbox:
             return None
         with self.transaction() as db:
             rows = db.execute(
-                f"SELECT {_ITEM_COLUMNS}, kind, position FROM deliveries WHERE dest = ? AND state = 'queued'"
-                " ORDER BY position LIMIT ?",
+                f"{sqlite_rows.ITEM_SELECT} WHERE d.dest = ? AND d.state = 'queued' ORDER BY d.position LIMIT ?",
                 (destination.key, merge),
             ).fetchall()
             if len(rows) < 2:
                 return None
-            items = [self._item(row) for row in rows]
+            items = [shared.item(row) for row in rows]
             rendered = dict(summarise(items))
             total = sum(item.count for item in items)
             services = {item.service for item in items}
@@ -421,16 +402,20 @@ class Outbox:
         busy bus would grow the database by gigabytes a week.
         """
         with self.transaction() as db:
-            removed = db.execute(
-                "DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < ?",
-                (now - min(keep_sent_rows, keep_done),),
-            ).rowcount
-            removed += db.execute(
-                "DELETE FROM deliveries WHERE state = 'failed' AND finished < ?", (now - keep_failed,)
-            ).rowcount
-            removed += db.execute(
-                "DELETE FROM digest_entries WHERE flushed_into IS NOT NULL AND created < ?", (now - keep_done,)
-            ).rowcount
+            bodies: list[int] = []
+            removed = 0
+            for query, cutoff in (
+                ("DELETE FROM deliveries WHERE state IN ('sent', 'coalesced') AND finished < ?",
+                 now - min(keep_sent_rows, keep_done)),
+                ("DELETE FROM deliveries WHERE state = 'failed' AND finished < ?", now - keep_failed),
+                ("DELETE FROM digest_entries WHERE flushed_into IS NOT NULL AND created < ?", now - keep_done),
+            ):
+                gone = db.execute(query + " RETURNING body", (cutoff,)).fetchall()
+                removed += len(gone)
+                bodies.extend(int(row[0]) for row in gone if row[0] is not None)
+            # The messages and renderings those rows shared, once nothing else points at them
+            # (parts of the rows counted above, so not counted again).
+            sqlite_rows.forget_shared(db, bodies)
             removed += db.execute("DELETE FROM accepted WHERE at < ?", (now - keep_done,)).rowcount
         return removed
 

@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fedmsg_notify.backend import Destination
-from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps, _loads_text
+from fedmsg_notify.store import shared, sqlite_rows
+from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps
 
 
 def groups(db: sqlite3.Connection) -> list[DigestGroup]:
@@ -48,7 +49,7 @@ def flush_digest(
     entries claimed), or ``None`` when there was nothing to flush.
     """
     rows = db.execute(
-        "SELECT * FROM digest_entries WHERE dest = ? AND flushed_into IS NULL ORDER BY id LIMIT ?",
+        f"{sqlite_rows.ENTRY_SELECT} WHERE e.dest = ? AND e.flushed_into IS NULL ORDER BY e.id LIMIT ?",
         (destination.key, -1 if limit is None else limit),
     ).fetchall()
     if not rows:
@@ -99,9 +100,9 @@ def _entry(row: sqlite3.Row) -> DigestEntry:
         options=json.loads(row["options"]),
         topic=row["topic"],
         service=row["service"],
-        envelope=json.loads(row["envelope"]),
-        meta=_loads_text(row["meta"]),
-        rendered=_loads_text(row["rendered"]),
+        envelope=shared.envelope_of(row),
+        meta=shared.meta_of(row),
+        rendered=shared.rendered_of(row),
         timestamp=float(row["timestamp"]),
         created=float(row["created"]),
     )
@@ -114,7 +115,7 @@ def _merged_meta(rows: Sequence[sqlite3.Row]) -> dict[str, Any]:
     packages: dict[str, None] = {}
     for row in rows:
         services.setdefault(row["service"], None)
-        meta = _loads_text(row["meta"])
+        meta = shared.meta_of(row)
         for name in meta.get("usernames") or ():
             if len(usernames) < MERGED_META_CAP:
                 usernames.setdefault(str(name), None)
