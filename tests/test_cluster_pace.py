@@ -166,7 +166,7 @@ class TimedHandler:
 def test_two_daemons_keep_one_email_accounts_pace_together(
     tmp_path: Path, pg_url: str, smtp: tuple[int, Handler], started: list[DaemonProcess]
 ) -> None:
-    """rate 4, burst 4, 40 messages, two daemons: the server never gets more than burst + rate*T (+1) in T seconds."""
+    """rate 4, burst 4, 40 messages, two daemons: the server never gets more than burst + rate*T (+2) in T seconds."""
     port, handler = smtp
     timed = TimedHandler(handler)
     bus = f"tcp://127.0.0.1:{free_port()}"
@@ -187,8 +187,10 @@ def test_two_daemons_keep_one_email_accounts_pace_together(
     print(
         f"sends per daemon {split}; 40 mails in {times[-1] - times[0]:.2f} s; worst window {window:.2f} s, {excess:+.2f}"
     )
-    # One daemon's bucket each would let 8 through at once and finish in ~4.5 s.
-    assert excess <= 1, f"{excess} mails over the pace in a window of {window:.2f} s"
+    # One daemon's bucket each would let 8 through at once (+4) and finish in ~4.5 s. The slack
+    # of 2: times are taken at the server, so one slow send (a loaded machine) can bunch the
+    # next arrivals behind it although their tokens were taken at the pace.
+    assert excess <= 2, f"{excess} mails over the pace in a window of {window:.2f} s"
     assert times[-1] - times[0] >= (40 - burst - 1) / rate
 
 
