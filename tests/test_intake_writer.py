@@ -81,9 +81,14 @@ async def longest_gap_while_commits_are_slow(
 async def test_a_slow_disk_does_not_stall_the_event_loop(
     tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With every intake commit 300 ms slow, heartbeats (IRC PINGs, watchdog) keep coming within 50 ms."""
+    """With every intake commit 300 ms slow, heartbeats (IRC PINGs, watchdog) keep coming: no gap near 300 ms.
+
+    Commits on the loop give one gap of at least the commit (the next test); off it, the
+    longest gap is CPU work (tens of ms here, bench/bench_state.py measures it). The bound is
+    half the slow commit, so a loaded test machine's scheduling alone cannot fail it.
+    """
     gap, daemon = await longest_gap_while_commits_are_slow(tmp_path, endpoint, monkeypatch, in_thread=True)
-    assert gap < 0.05, f"the event loop stalled for {gap * 1000:.0f} ms"
+    assert gap < SLOW / 2, f"the event loop stalled for {gap * 1000:.0f} ms"
     # Everything accepted was sent once and recorded as sent (the workers' marks were not lost).
     store = Outbox(tmp_path / "state.db", readonly=True)
     try:
