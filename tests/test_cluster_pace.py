@@ -4,12 +4,12 @@ Against the real PostgreSQL of :mod:`tests.postgresserver`; the end-to-end test 
 daemon processes and a real SMTP server that notes when each mail arrives.
 """
 
+# ruff: noqa: F811 (pg_url, smtp and started are test_cluster's fixtures, imported, then taken as arguments)
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +21,19 @@ from fedmsg_notify.store.postgresql import Outbox, StoreUnavailable
 
 from tests.conftest import free_port
 from tests.postgresserver import PostgresServer, postgres_server  # noqa: F401 (fixture)
-from tests.smtpserver import Handler, smtp_server
-from tests.test_cluster import TO, message_ids, publish, sent_per_daemon, start, write_config
+from tests.smtpserver import Handler
+from tests.test_cluster import (  # noqa: F401 (pg_url, smtp, started: the fixtures)
+    TO,
+    message_ids,
+    pg_url,
+    publish,
+    sent_per_daemon,
+    smtp,
+    start,
+    started,
+    write_config,
+)
 from tests.test_lifecycle import DaemonProcess, until
-
-
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> str:
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[int, Handler]]:
-    port = free_port()
-    with smtp_server(port) as handler:
-        yield port, handler
-
-
-@pytest.fixture
-def started() -> Iterator[list[DaemonProcess]]:
-    procs: list[DaemonProcess] = []
-    yield procs
-    for proc in procs:
-        proc.kill()
-        proc.notify.close()
 
 
 def most_in_any_window(times: list[float], rate: float, burst: int) -> tuple[float, float]:

@@ -13,6 +13,8 @@ from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import RecordingBackend, envelopes
 
+from tests.loopgaps import loop_gaps
+
 BODHI = "org.fedoraproject.prod.bodhi.update.comment"
 SLOW = 0.3  # seconds each durable intake commit takes longer: a disk busy with someone else's writes
 
@@ -47,32 +49,19 @@ async def longest_gap_while_commits_are_slow(
     task = asyncio.create_task(daemon.run(ready))
     await asyncio.wait_for(ready.wait(), 10)
     loop = asyncio.get_running_loop()
-    gaps: list[float] = []
-    beating = True
-
-    async def heartbeat() -> None:
-        last = loop.time()
-        while beating:
-            await asyncio.sleep(0.005)
-            now = loop.time()
-            gaps.append(now - last)
-            last = now
-
-    beat = asyncio.create_task(heartbeat())
     try:
-        for _ in range(6):
-            await asyncio.sleep(0.01)  # the bus's next batch arrives (and the heartbeat runs)
-            batch = [Message.from_envelope(e) for e in envelopes(20, BODHI)]
-            assert await daemon.accept(batch)
-        irc = daemon.handles["irc"].backend
-        assert isinstance(irc, RecordingBackend)
-        deadline = loop.time() + 20
-        while len(irc.items) < 6 * 20 * 2:
-            assert loop.time() < deadline, f"only {len(irc.items)} of 240 deliveries sent"
-            await asyncio.sleep(0.02)
+        async with loop_gaps() as gaps:
+            for _ in range(6):
+                await asyncio.sleep(0.01)  # the bus's next batch arrives (and the heartbeat runs)
+                batch = [Message.from_envelope(e) for e in envelopes(20, BODHI)]
+                assert await daemon.accept(batch)
+            irc = daemon.handles["irc"].backend
+            assert isinstance(irc, RecordingBackend)
+            deadline = loop.time() + 20
+            while len(irc.items) < 6 * 20 * 2:
+                assert loop.time() < deadline, f"only {len(irc.items)} of 240 deliveries sent"
+                await asyncio.sleep(0.02)
     finally:
-        beating = False
-        await beat
         daemon.stop()
         await asyncio.wait_for(task, 20)
     return max(gaps), daemon

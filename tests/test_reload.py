@@ -19,6 +19,7 @@ from fedmsg_notify.config.model import load_config
 from fedmsg_notify.daemon import Daemon
 from fedmsg_notify.testing import RecordingBackend, envelopes, read_recording
 
+from tests.loopgaps import loop_gaps
 from tests.test_lifecycle import (  # noqa: F401 (fixtures)
     BODHI,
     BODHI_RULE,
@@ -140,29 +141,16 @@ async def test_reload_builds_the_new_rules_off_the_event_loop(
         return real(cfg)
 
     monkeypatch.setattr(lifecycle, "build_pipeline", slow)
-    gaps: list[float] = []
-
-    async def ticker() -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-
-    beat = asyncio.create_task(ticker())
-    try:
-        old = daemon.pipeline
-        started = time.monotonic()
+    old = daemon.pipeline
+    started = time.monotonic()
+    async with loop_gaps(0.01) as gaps:
         assert await daemon.reload() is True
-        took = time.monotonic() - started
-        assert daemon.pipeline is not old
-        assert slept == [0.5] and took >= 0.5, "the slow build did not run"
-        # Blocked, the loop would show one gap of the whole 0.5 s; in a thread it keeps ticking.
-        assert gaps and max(gaps) < 0.4, f"the loop stalled {max(gaps or [0]):.2f} s during a 0.5 s reload"
-        (tmp_path / "rules" / "a.yaml").write_text("rules:\n  - {name: all, match: {topic: [}, deliver: [{via: rec}]}\n")
-        kept = daemon.pipeline
-        assert await daemon.reload() is False
-        assert daemon.pipeline is kept
-    finally:
-        beat.cancel()
+    took = time.monotonic() - started
+    assert daemon.pipeline is not old
+    assert slept == [0.5] and took >= 0.5, "the slow build did not run"
+    # Blocked, the loop would show one gap of the whole 0.5 s; in a thread it keeps ticking.
+    assert gaps and max(gaps) < 0.4, f"the loop stalled {max(gaps or [0]):.2f} s during a 0.5 s reload"
+    (tmp_path / "rules" / "a.yaml").write_text("rules:\n  - {name: all, match: {topic: [}, deliver: [{via: rec}]}\n")
+    kept = daemon.pipeline
+    assert await daemon.reload() is False
+    assert daemon.pipeline is kept

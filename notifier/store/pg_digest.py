@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.store.pg_rows import attach_bodies
-from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps
-from fedmsg_notify.store.shared import envelope_of, meta_of, rendered_of
+from fedmsg_notify.store.records import DigestEntry, DigestGroup
+from fedmsg_notify.store.shared import digest_entry, digest_values
 
 Row = dict[str, Any]
 
@@ -64,31 +63,14 @@ def flush_digest(
         attach_bodies(db, rows, envelopes=True)
         if not rows:
             return None
-        entries = [_entry(row) for row in rows[:render_cap]]
+        entries = [digest_entry(row) for row in rows[:render_cap]]
         total = len(rows)
         rendered, msg_id = render(entries, total)
-        first = entries[0]
-        services = {row["service"] for row in rows}
         created = db.execute(
             "INSERT INTO deliveries (dest, account, recipient, kind, msg_id, rule, topic, service, rendered,"
             " options, meta, timestamp, count, next_attempt, created)"
             " VALUES (%s,%s,%s,'digest',%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
-            (
-                destination.key,
-                destination.account,
-                destination.to,
-                msg_id,
-                first.rule,
-                first.topic if total == 1 else "",
-                services.pop() if len(services) == 1 else "various",
-                _dumps(dict(rendered)),
-                _dumps(dict(first.options)),
-                _dumps(dict(first.meta) if total == 1 else _merged_meta(rows)),
-                float(rows[-1]["timestamp"]),
-                total,
-                now,
-                now,
-            ),
+            digest_values(destination, rows, entries[0], rendered, msg_id, now),
         ).fetchone()
         assert created is not None
         db.execute(
@@ -96,39 +78,3 @@ def flush_digest(
             (created["id"], [row["id"] for row in rows]),
         )
         return int(created["id"]), total
-
-
-def _entry(row: Row) -> DigestEntry:
-    return DigestEntry(
-        id=int(row["id"]),
-        msg_id=row["msg_id"],
-        destination=Destination(row["account"], row["recipient"]),
-        rule=row["rule"],
-        rule_file=row["rule_file"],
-        template=row["template"],
-        options=json.loads(row["options"]),
-        topic=row["topic"],
-        service=row["service"],
-        envelope=envelope_of(row),
-        meta=meta_of(row),
-        rendered=rendered_of(row),
-        timestamp=float(row["timestamp"]),
-        created=float(row["created"]),
-    )
-
-
-def _merged_meta(rows: Sequence[Row]) -> dict[str, Any]:
-    """The union of the services, usernames and packages of a digest's entries."""
-    services: dict[str, None] = {}
-    usernames: dict[str, None] = {}
-    packages: dict[str, None] = {}
-    for row in rows:
-        services.setdefault(row["service"], None)
-        meta = meta_of(row)
-        for name in meta.get("usernames") or ():
-            if len(usernames) < MERGED_META_CAP:
-                usernames.setdefault(str(name), None)
-        for name in meta.get("packages") or ():
-            if len(packages) < MERGED_META_CAP:
-                packages.setdefault(str(name), None)
-    return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}

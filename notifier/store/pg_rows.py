@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 from fedmsg_notify.store.records import Accepted, NewDelivery, NewDigestEntry, _dumps
-from fedmsg_notify.store.shared import pack_batch
+from fedmsg_notify.store.shared import delivery_values, pack_batch
 
 Row = dict[str, Any]
 
@@ -59,23 +59,7 @@ def insert_batch(
         )
         body_ids = _returning(cursor, _BODY, [(message_ids[m], parts) for m, parts in packed.bodies])
         rows = [
-            (
-                new.destination.key,
-                new.destination.account,
-                new.destination.to,
-                new.msg_id,
-                new.rule,
-                new.topic,
-                new.service,
-                _dumps(dict(new.options)),
-                new.timestamp,
-                now,
-                now,
-                "queued" if new.error is None else "failed",
-                new.error,
-                None if new.error is None else now,
-                body_ids[body],
-            )
+            delivery_values(new, body_ids[body], now)
             for new, body in packed.deliveries
         ]
         if rows:

@@ -28,7 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmsg_notify.backend import Destination, Item
-from fedmsg_notify.store.records import NewDelivery, NewDigestEntry, _dumps, _dumps_text, _loads_text
+from fedmsg_notify.store.records import (
+    MERGED_META_CAP,
+    DigestEntry,
+    NewDelivery,
+    NewDigestEntry,
+    _dumps,
+    _dumps_text,
+    _loads_text,
+)
 
 # zlib's fastest level: ~10 % less CPU than the default (6) for an email's parts, 3 % larger.
 LEVEL = 1
@@ -167,3 +175,90 @@ def item(row: Any) -> Item:
         timestamp=float(row["timestamp"]),
         count=int(row["count"]),
     )
+
+
+def delivery_values(new: NewDelivery, body: int, now: float) -> tuple[Any, ...]:
+    """The columns of a new delivery row that points at its body (both stores insert these, in this order)."""
+    return (
+        new.destination.key,
+        new.destination.account,
+        new.destination.to,
+        new.msg_id,
+        new.rule,
+        new.topic,
+        new.service,
+        _dumps(dict(new.options)),
+        new.timestamp,
+        now,
+        now,
+        "queued" if new.error is None else "failed",
+        new.error,
+        None if new.error is None else now,
+        body,
+    )
+
+
+def digest_entry(row: Any) -> DigestEntry:
+    """A digest entry row (with its body columns, in either store) as a flush reads it."""
+    return DigestEntry(
+        id=int(row["id"]),
+        msg_id=row["msg_id"],
+        destination=Destination(row["account"], row["recipient"]),
+        rule=row["rule"],
+        rule_file=row["rule_file"],
+        template=row["template"],
+        options=json.loads(row["options"]),
+        topic=row["topic"],
+        service=row["service"],
+        envelope=envelope_of(row),
+        meta=meta_of(row),
+        rendered=rendered_of(row),
+        timestamp=float(row["timestamp"]),
+        created=float(row["created"]),
+    )
+
+
+def digest_values(
+    destination: Destination,
+    rows: Sequence[Any],
+    first: DigestEntry,
+    rendered: Mapping[str, str],
+    msg_id: str,
+    now: float,
+) -> tuple[Any, ...]:
+    """The columns of the delivery a digest flush makes of ``rows`` (both stores insert these, in this order)."""
+    total = len(rows)
+    services = {row["service"] for row in rows}
+    return (
+        destination.key,
+        destination.account,
+        destination.to,
+        msg_id,
+        first.rule,
+        first.topic if total == 1 else "",
+        services.pop() if len(services) == 1 else "various",
+        _dumps(dict(rendered)),
+        _dumps(dict(first.options)),
+        _dumps(dict(first.meta) if total == 1 else merged_meta(rows)),
+        float(rows[-1]["timestamp"]),
+        total,
+        now,
+        now,
+    )
+
+
+def merged_meta(rows: Sequence[Any]) -> dict[str, Any]:
+    """The union of the services, usernames and packages of a digest's entries."""
+    services: dict[str, None] = {}
+    usernames: dict[str, None] = {}
+    packages: dict[str, None] = {}
+    for row in rows:
+        services.setdefault(row["service"], None)
+        meta = meta_of(row)
+        for name in meta.get("usernames") or ():
+            if len(usernames) < MERGED_META_CAP:
+                usernames.setdefault(str(name), None)
+        for name in meta.get("packages") or ():
+            if len(packages) < MERGED_META_CAP:
+                packages.setdefault(str(name), None)
+    return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.store import shared, sqlite_rows
-from fedmsg_notify.store.records import MERGED_META_CAP, DigestEntry, DigestGroup, _dumps
+from fedmsg_notify.store.records import DigestEntry, DigestGroup
 
 
 def groups(db: sqlite3.Connection) -> list[DigestGroup]:
@@ -54,31 +52,14 @@ def flush_digest(
     ).fetchall()
     if not rows:
         return None
-    entries = [_entry(row) for row in rows[:render_cap]]
+    entries = [shared.digest_entry(row) for row in rows[:render_cap]]
     total = len(rows)
     rendered, msg_id = render(entries, total)
-    first = entries[0]
-    services = {row["service"] for row in rows}
     cursor = db.execute(
         "INSERT INTO deliveries (dest, account, recipient, kind, msg_id, rule, topic, service, rendered,"
         " options, meta, timestamp, count, next_attempt, created)"
         " VALUES (?,?,?,'digest',?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            destination.key,
-            destination.account,
-            destination.to,
-            msg_id,
-            first.rule,
-            first.topic if total == 1 else "",
-            services.pop() if len(services) == 1 else "various",
-            _dumps(dict(rendered)),
-            _dumps(dict(first.options)),
-            _dumps(dict(first.meta) if total == 1 else _merged_meta(rows)),
-            float(rows[-1]["timestamp"]),
-            total,
-            now,
-            now,
-        ),
+        shared.digest_values(destination, rows, entries[0], rendered, msg_id, now),
     )
     delivery_id = cursor.lastrowid
     assert delivery_id is not None
@@ -88,38 +69,3 @@ def flush_digest(
         [(delivery_id, row["id"]) for row in rows],
     )
     return int(delivery_id), total
-
-def _entry(row: sqlite3.Row) -> DigestEntry:
-    return DigestEntry(
-        id=int(row["id"]),
-        msg_id=row["msg_id"],
-        destination=Destination(row["account"], row["recipient"]),
-        rule=row["rule"],
-        rule_file=row["rule_file"],
-        template=row["template"],
-        options=json.loads(row["options"]),
-        topic=row["topic"],
-        service=row["service"],
-        envelope=shared.envelope_of(row),
-        meta=shared.meta_of(row),
-        rendered=shared.rendered_of(row),
-        timestamp=float(row["timestamp"]),
-        created=float(row["created"]),
-    )
-
-
-def _merged_meta(rows: Sequence[sqlite3.Row]) -> dict[str, Any]:
-    """The union of the services, usernames and packages of a digest's entries."""
-    services: dict[str, None] = {}
-    usernames: dict[str, None] = {}
-    packages: dict[str, None] = {}
-    for row in rows:
-        services.setdefault(row["service"], None)
-        meta = shared.meta_of(row)
-        for name in meta.get("usernames") or ():
-            if len(usernames) < MERGED_META_CAP:
-                usernames.setdefault(str(name), None)
-        for name in meta.get("packages") or ():
-            if len(packages) < MERGED_META_CAP:
-                packages.setdefault(str(name), None)
-    return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from fedmsg_notify.backend import Destination
 from fedmsg_notify.store.records import Accepted, NewDelivery, NewDigestEntry, _dumps
-from fedmsg_notify.store.shared import PackedBatch, pack_batch
+from fedmsg_notify.store.shared import PackedBatch, delivery_values, pack_batch
 
 # A delivery with what its body and message hold (NULL for a row with its parts inline).
 ITEM_SELECT = (
@@ -71,23 +71,7 @@ def store_packed(db: sqlite3.Connection, packed: PackedBatch, now: float) -> Acc
             "INSERT INTO deliveries (dest, account, recipient, msg_id, rule, topic, service, rendered, options,"
             " meta, timestamp, next_attempt, created, state, last_error, finished, body)"
             " VALUES (?,?,?,?,?,?,?,'',?,'',?,?,?,?,?,?,?)",
-            (
-                new.destination.key,
-                new.destination.account,
-                new.destination.to,
-                new.msg_id,
-                new.rule,
-                new.topic,
-                new.service,
-                _dumps(dict(new.options)),
-                new.timestamp,
-                now,
-                now,
-                "queued" if new.error is None else "failed",
-                new.error,
-                None if new.error is None else now,
-                body_ids[body],
-            ),
+            delivery_values(new, body_ids[body], now),
         )
         if first_id is None:
             first_id = cursor.lastrowid
