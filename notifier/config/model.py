@@ -145,6 +145,9 @@ class ConfigFile(StrictModel):
     state_lease: float = Field(default=60.0, gt=0)
     signatures: SignaturesSection | None = None
     web: WebSection | None = None
+    # Processes that compute metadata, match rules and render beside the daemon's own
+    # (0: all on the daemon's event loop). 1 puts a second core to work on a busy bus.
+    intake_processes: int = Field(default=0, ge=0, le=16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,7 @@ class Config:
     state_url: str | None = None
     state_password_file: Path | None = None
     state_lease: float = 60.0
+    intake_processes: int = 0
 
 
 def find_config_file(explicit: str | None) -> Path | None:
@@ -254,6 +258,7 @@ def config_from_document(doc: LocatedDocument) -> Config:
         state_url=state_url,
         state_password_file=_resolve(base, parsed.state_password_file) if parsed.state_password_file else None,
         state_lease=parsed.state_lease,
+        intake_processes=parsed.intake_processes,
     )
 
 

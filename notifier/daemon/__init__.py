@@ -8,6 +8,7 @@ daemon sharing a PostgreSQL store with others does.
 
 from __future__ import annotations
 
-from fedmsg_notify.daemon.lifecycle import Daemon, build_pipeline
+from fedmsg_notify.daemon.lifecycle import Daemon
+from fedmsg_notify.daemon.pipeline import build_pipeline
 
 __all__ = ["Daemon", "build_pipeline"]

@@ -20,6 +20,7 @@ from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.signatures import Verifier
 from fedmsg_notify.bus.zeromq import Subscriber
 from fedmsg_notify.clock import Clock
+from fedmsg_notify.daemon.routing import RouteProcesses
 from fedmsg_notify.delivery.digest import DigestScheduler
 from fedmsg_notify.delivery.guard import IntakeGuard
 from fedmsg_notify.delivery.intake import Pipeline, route_batch
@@ -52,6 +53,7 @@ class BusIntake:
     guard: IntakeGuard
     subscriber: Subscriber | None
     amqp: AmqpSubscriber | None
+    router: RouteProcesses
 
     if TYPE_CHECKING:
 
@@ -76,12 +78,16 @@ class BusIntake:
         # stalls nothing else.
         deliveries: list[NewDelivery] = []
         entries: list[NewDigestEntry] = []
-        for start in range(0, len(batch), ROUTE_SLICE):
-            if start:
-                await asyncio.sleep(0)
-            routed, digested = route_batch(self.pipeline, batch[start : start + ROUTE_SLICE])
-            deliveries += routed
-            entries += digested
+        elsewhere = await self.router.route(batch) if batch else None
+        if elsewhere is not None:
+            deliveries, entries = elsewhere
+        else:
+            for start in range(0, len(batch), ROUTE_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                routed, digested = route_batch(self.pipeline, batch[start : start + ROUTE_SLICE])
+                deliveries += routed
+                entries += digested
         if not deliveries and not entries:
             return
         now = self.clock.time()

@@ -41,6 +41,8 @@ from fedmsg_notify.config.model import Config, load_config
 from fedmsg_notify.config.yaml_positions import ProblemsError
 from fedmsg_notify.daemon.chores import Chores
 from fedmsg_notify.daemon.consume import BusIntake
+from fedmsg_notify.daemon.pipeline import build_pipeline
+from fedmsg_notify.daemon.routing import Fallbacks, RouteProcesses
 from fedmsg_notify.daemon.state import open_store
 from fedmsg_notify.delivery.coalesce import Coalescer
 from fedmsg_notify.delivery.digest import DigestScheduler, joined_parts
@@ -48,9 +50,8 @@ from fedmsg_notify.delivery.guard import IntakeGuard
 from fedmsg_notify.delivery.intake import Pipeline
 from fedmsg_notify.delivery.retry import RetryPolicy
 from fedmsg_notify.delivery.workers import BackendHandle, DestinationWorker
-from fedmsg_notify.matching.rules import Route, Rule, RuleSet
+from fedmsg_notify.matching.rules import Route, Rule
 from fedmsg_notify.meta.engine import MetaEngine
-from fedmsg_notify.render.renderer import Renderer
 from fedmsg_notify.store.interface import Store
 from fedmsg_notify.store.records import DigestEntry
 from fedmsg_notify.store.writer import IntakeWriter
@@ -59,16 +60,6 @@ if TYPE_CHECKING:
     from fedmsg_notify.store.pg_cluster import AccountLocks
 
 log = logging.getLogger(__name__)
-
-
-def build_pipeline(config: Config) -> Pipeline:
-    """Rules, templates and metadata for ``config``; raises :class:`ProblemsError` if any is invalid."""
-    return Pipeline(
-        rules=RuleSet.load(config.rule_paths, config.accounts),
-        renderer=Renderer(config.template_paths),
-        meta=MetaEngine(config.service_paths).compute,
-        backends={name: account.backend for name, account in config.accounts.items()},
-    )
 
 
 def _build_all(source: str) -> tuple[Config, Pipeline, Any]:
@@ -125,6 +116,8 @@ class Daemon(BusIntake, Chores):
         self._tasks: set[asyncio.Task[Any]] = set()
         # Intake pauses while the storage fails (disk full, read-only) and resumes by itself.
         self.guard = IntakeGuard(self.clock, on_fault=self._free_space, on_resume=self._count_refused)
+        # Metadata, matching and rendering in `intake_processes` other processes (none: on the loop).
+        self.router = RouteProcesses(self._merge_fallbacks)
 
     # -- public --------------------------------------------------------------------------
 
@@ -173,6 +166,7 @@ class Daemon(BusIntake, Chores):
             self.web = await webserver.start_web(
                 self.config.web, self.config.source, webserver.snapshot_of(self, self.clock.time)
             )
+        self.router.start(self.config)
         consumer = asyncio.create_task(self._consume_all(), name="intake")
         # Periodic chores end with the loop; they hold no work worth waiting for.
         background = [
@@ -252,6 +246,8 @@ class Daemon(BusIntake, Chores):
         except Exception as exc:
             log.warning("saving metadata fallback counts failed: %s", exc)
         self.config, self.pipeline, self.handles = config, pipeline, handles
+        if self.store is not None:  # running: the intake processes build the new set too (meanwhile, the loop routes)
+            self.router.start(config)
         self._save_counters()
         self.verifier, self._saved_refused = verifier, Counter()
         for worker in self.workers.values():
@@ -267,6 +263,11 @@ class Daemon(BusIntake, Chores):
         return True
 
     # -- internals -----------------------------------------------------------------------
+
+    def _merge_fallbacks(self, counts: Fallbacks) -> None:
+        engine = getattr(self.pipeline.meta, "__self__", None)
+        if isinstance(engine, MetaEngine):
+            engine.merge_fallbacks(counts)
 
     def _open_store(self) -> Store:
         return open_store(self.config, self.daemon_id)
@@ -363,6 +364,7 @@ class Daemon(BusIntake, Chores):
         consumer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await consumer
+        self.router.close()
         if self.subscriber is not None:
             self.subscriber.close()
         if self.amqp is not None:

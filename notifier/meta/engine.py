@@ -169,13 +169,18 @@ class MetaEngine:
         _, problems = load_services(self.dirs)
         return problems
 
-    def _count_fallback(self, service: str, name: str) -> None:
+    def _count_fallback(self, service: str, name: str, n: int = 1) -> None:
         key = (service, name)
         if key not in self.fallbacks and len(self.fallbacks) >= _FALLBACK_KEYS:
             # Unknown services are named by whoever publishes; a hostile publisher inventing
             # service names must not grow this table without bound.
             key = (OTHER_SERVICES, name)
-        self.fallbacks[key] += 1
+        self.fallbacks[key] += n
+
+    def merge_fallbacks(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add fallbacks counted elsewhere (an intake process's engine), within the same bound."""
+        for (service, name), n in counts.items():
+            self._count_fallback(service, name, n)
 
     def fallback_counts(self) -> dict[str, dict[str, int]]:
         """Fallbacks so far, by service then field (``service``: no file describes the service)."""
