@@ -119,10 +119,10 @@ async def ours(url: str, queue: str, count: int, rules: int) -> dict[str, Any]:
     seen = {"n": 0, "start": 0.0, "cpu": 0.0}
     real_accept = daemon.accept
 
-    async def accept(batch: Any) -> bool:
+    async def accept(batch: Any, *rest: Any) -> bool:
         if seen["n"] == 0:
             seen["start"], seen["cpu"] = time.perf_counter(), time.process_time()
-        stored = await real_accept(batch)
+        stored = await real_accept(batch, *rest)
         seen["n"] += len(batch)
         return stored
 

@@ -73,8 +73,8 @@ async def run_child(args: argparse.Namespace) -> None:
     seen = {"n": 0}
     real_accept = daemon.accept
 
-    async def accept(batch: Any) -> bool:
-        stored = await real_accept(batch)
+    async def accept(batch: Any, *rest: Any) -> bool:
+        stored = await real_accept(batch, *rest)
         seen["n"] += len(batch) if stored else 0
 
         return stored

@@ -194,15 +194,27 @@ def free_endpoint() -> str:
         return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
+def children_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (the intake processes)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def rss_mb() -> float:
     """Current resident set size."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_rss_mb() -> float:
-    """This interpreter's peak RSS (VmHWM; ru_maxrss would include the parent's, kept over exec)."""
-    with open("/proc/self/status", encoding="ascii") as status:
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """This interpreter's (or ``pid``'s) peak RSS (VmHWM; ru_maxrss would include the parent's, kept over exec)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
@@ -233,6 +245,7 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
             "rules": [str(tmp / "rules")],
             "state": str(tmp / "state.sqlite"),
             "signatures": {"validate": False},
+            "intake_processes": args.processes,
         }
     )
     (tmp / "config.yaml").write_text(config_text)
@@ -251,6 +264,17 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
                      "rules_per_person": RULES_PER_PERSON, "firehoses": 1}
         write_population(tmp / "rules", written)
         del written
+        loading = time.perf_counter()
+        daemon = Daemon(load_config(tmp / "config.yaml"))
+        load_seconds = time.perf_counter() - loading
+        daemon.intake_thread = commits_off_loop
+    elif args.processes:
+        # The intake processes build their own pipeline from the configuration, so the rules
+        # are files here (one per person, as people keep them), loaded by the daemon itself.
+        docs, described = population(args.rules, pairs, broad_people=args.watchers)
+        for n, doc in enumerate(docs):
+            (tmp / "rules" / f"person{n}.yaml").write_text(json.dumps(doc.data))
+        del docs
         loading = time.perf_counter()
         daemon = Daemon(load_config(tmp / "config.yaml"))
         load_seconds = time.perf_counter() - loading
@@ -285,6 +309,7 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
 
     def first_decode(frames: list[bytes], **kwargs: Any) -> Any:
         started["at"], started["cpu"] = time.perf_counter(), time.process_time()
+        started["children"] = children_cpu(daemon.router.pids())
         bus.decode_frames = real_decode
         return real_decode(frames, **kwargs)
 
@@ -293,13 +318,13 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     sent_at: dict[str, float] = {}
     real_accept = daemon.accept
 
-    async def accept(batch: Any) -> bool:
+    async def accept(batch: Any, *rest: Any) -> bool:
         if args.rate:
             for message in batch:
                 stamp = message.envelope.get("bench_sent")
                 if isinstance(stamp, float):
                     sent_at[message.msg_id] = stamp
-        stored = await real_accept(batch)
+        stored = await real_accept(batch, *rest)
         seen["messages"] += len(batch)
         seen["last"] = time.perf_counter()
         return stored
@@ -308,6 +333,12 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
     ready = asyncio.Event()
     task = asyncio.create_task(daemon.run(ready))
     await ready.wait()
+    if args.processes:
+        # The same warm-up in the intake processes (a pass per process), once they have built the rules.
+        while not daemon.router.ready:
+            await asyncio.sleep(0.05)
+        for _ in range(args.processes):
+            await daemon.router.route([message for message, _ in pairs])
     sink = NullBackend.instances["mail"]
     if args.long:
         publisher = start_publisher(endpoint, args.messages, args.long_rate, streaming=True)
@@ -331,13 +362,15 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
             if daemon.store.db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'queued'").fetchone()[0]:
                 continue
             break
-        cpu = time.process_time() - started["cpu"]
+        own_cpu = time.process_time() - started["cpu"]
+        cpu = own_cpu + children_cpu(daemon.router.pids()) - started.get("children", 0.0)
         end = max(sink.last_at or 0.0, seen["last"])
         db = daemon.store.db
         deliveries = db.execute("SELECT COUNT(*) FROM deliveries WHERE kind = 'message'").fetchone()[0]
         digests = db.execute("SELECT COUNT(*) FROM deliveries WHERE kind = 'digest'").fetchone()[0]
         entries = db.execute("SELECT COUNT(*) FROM digest_entries").fetchone()[0]
         failed = db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'failed'").fetchone()[0]
+        intake_rss = [peak_rss_mb(pid) for pid in daemon.router.pids()]
     finally:
         daemon.stop()
         await task
@@ -350,7 +383,10 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(elapsed, 4),
         "msgs_per_s": round(count / elapsed, 1),
         "cpu_us_per_msg": round(cpu / count * 1e6, 2),
+        "daemon_cpu_us_per_msg": round(own_cpu / count * 1e6, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "intake_processes": args.processes,
+        "intake_processes_peak_rss_mb": [round(r, 1) for r in intake_rss],
         "rss_after_load_mb": round(rss_loaded, 1),
         "rules_load_seconds": round(load_seconds, 2),
         "population": described,
@@ -465,6 +501,7 @@ def main() -> int:
     parser.add_argument(
         "--population", choices=("fmn", "index"), default="fmn", help="fmn: this file's; index: bench/population.py's"
     )
+    parser.add_argument("--processes", type=int, default=0, help="intake_processes (default %(default)s)")
     parser.add_argument("--long-rate", type=float, default=3000.0, help="--long: messages/s (default %(default)s)")
     parser.add_argument("--out", default=str(HERE / "results" / "long.json"))
     args = parser.parse_args()

@@ -416,7 +416,7 @@ async def test_a_storage_fault_hands_the_batch_back_to_the_broker_unacknowledged
     daemon = Daemon(load_config(config))
     failures: list[int] = []
 
-    def broken_accept(batch: Any) -> None:
+    def broken_accept(batch: Any, *routed: Any) -> None:  # routed: the slice's routing, under way
         failures.append(len(batch))
         raise sqlite3.OperationalError("disk I/O error")
 

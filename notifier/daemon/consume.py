@@ -10,8 +10,9 @@ acknowledged to the broker only once it is stored, and goes back to it otherwise
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 from fedmsg_notify.backend import Destination
@@ -20,7 +21,7 @@ from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.bus.signatures import Verifier
 from fedmsg_notify.bus.zeromq import Subscriber
 from fedmsg_notify.clock import Clock
-from fedmsg_notify.daemon.routing import RouteProcesses
+from fedmsg_notify.daemon.routing import Routed, RouteProcesses
 from fedmsg_notify.delivery.digest import DigestScheduler
 from fedmsg_notify.delivery.guard import IntakeGuard
 from fedmsg_notify.delivery.intake import Pipeline, route_batch
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 INTAKE_SLICE = 64
 # Messages routed and rendered between two yields to the event loop.
 ROUTE_SLICE = 8
+# Slices routed ahead of the one being committed (ZeroMQ intake).
+ROUTE_AHEAD = 2
 
 
 class BusIntake:
@@ -59,35 +62,42 @@ class BusIntake:
 
         def worker(self, destination: Destination) -> DestinationWorker: ...
 
-    async def accept(self, batch: Sequence[Message]) -> bool:
+    async def accept(self, batch: Sequence[Message], routed: Awaitable[Routed] | None = None) -> bool:
         """The intake stage for one bus batch: stored in one transaction, then workers woken.
 
-        False if the storage refused the batch (full, read-only): nothing of it was stored,
-        and a bus that can redeliver (AMQP) should leave it on the broker.
+        ``routed``: the batch's routing, already under way (:meth:`route`); by default it is
+        routed here. False if the storage refused the batch (full, read-only): nothing of it
+        was stored, and a bus that can redeliver (AMQP) should leave it on the broker.
         """
-        return await self.guard.run(self._store_batch, batch)
+        return await self.guard.run(functools.partial(self._store_batch, routed=routed), batch)
 
-    async def _store_batch(self, batch: Sequence[Message]) -> None:
-        assert self.store is not None
+    async def route(self, batch: Sequence[Message]) -> Routed:
+        """Metadata, rules and rendering for one slice: the deliveries and digest entries to store.
+
+        In an intake process when one is ready (:mod:`~fedmsg_notify.daemon.routing`), else on
+        the loop (templates and rules are not shared with threads), a few messages at a time
+        with a yield between them (three email renderings of a message take ~1-2 ms).
+        """
         if self.verifier is not None:
             # Forged, tampered and unsigned messages stop here (or go on marked unverified).
             batch = [message for message in batch if self.verifier.admit(message)]
-        # Matching and rendering on the loop (templates and rules are not shared with threads),
-        # a few messages at a time with a yield between them (three email renderings of a
-        # message take ~1-2 ms); the durable commit in the writer thread, so a slow disk
-        # stalls nothing else.
-        deliveries: list[NewDelivery] = []
-        entries: list[NewDigestEntry] = []
         elsewhere = await self.router.route(batch) if batch else None
         if elsewhere is not None:
-            deliveries, entries = elsewhere
-        else:
-            for start in range(0, len(batch), ROUTE_SLICE):
-                if start:
-                    await asyncio.sleep(0)
-                routed, digested = route_batch(self.pipeline, batch[start : start + ROUTE_SLICE])
-                deliveries += routed
-                entries += digested
+            return elsewhere
+        deliveries: list[NewDelivery] = []
+        entries: list[NewDigestEntry] = []
+        for start in range(0, len(batch), ROUTE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            routed, digested = route_batch(self.pipeline, batch[start : start + ROUTE_SLICE])
+            deliveries += routed
+            entries += digested
+        return deliveries, entries
+
+    async def _store_batch(self, batch: Sequence[Message], routed: Awaitable[Routed] | None = None) -> None:
+        # The durable commit in the writer thread, so a slow disk stalls nothing else.
+        assert self.store is not None
+        deliveries, entries = await (routed if routed is not None else self.route(batch))
         if not deliveries and not entries:
             return
         now = self.clock.time()
@@ -118,15 +128,24 @@ class BusIntake:
         batch: AmqpBatch
         async for batch in amqp.batches():
             stored = True
+            messages = batch.messages
+            pieces = [messages[start : start + INTAKE_SLICE] for start in range(0, len(messages), INTAKE_SLICE)]
+            # Routed ROUTE_AHEAD slices ahead of the one committing, as on ZeroMQ.
+            routing = [asyncio.create_task(self.route(piece), name="route") for piece in pieces[: ROUTE_AHEAD + 1]]
             try:
-                for start in range(0, len(batch.messages), INTAKE_SLICE):
-                    stored = await self.accept(batch.messages[start : start + INTAKE_SLICE])
+                for n, piece in enumerate(pieces):
+                    if n + ROUTE_AHEAD + 1 < len(pieces):
+                        routing.append(asyncio.create_task(self.route(pieces[n + ROUTE_AHEAD + 1]), name="route"))
+                    stored = await self.accept(piece, routing[n])
                     if not stored:
                         break
                     await asyncio.sleep(0)
             except BaseException:
                 await batch.nack()
                 raise
+            finally:
+                for task in routing:
+                    task.cancel()
             if stored:
                 await batch.ack()
             else:
@@ -137,17 +156,49 @@ class BusIntake:
                 await asyncio.sleep(self.guard.probe_every)
 
     async def _consume(self) -> None:
+        """ZeroMQ intake: slices routed ahead of their commit, committed in order.
+
+        While one slice commits (in the writer thread) the next ones are routed, in an intake
+        process or on the loop: at most ROUTE_AHEAD slices wait routed. A slice is stored only
+        after every slice before it, so each destination's deliveries keep the bus's order.
+        """
         assert self.subscriber is not None
-        async for batch in self.subscriber.batches():
-            # Store in slices, yielding between them: a 512-message burst would otherwise hold
-            # the event loop for a few hundred milliseconds while the workers wait.
-            for start in range(0, len(batch), INTAKE_SLICE):
+        subscriber = self.subscriber
+        ahead: asyncio.Queue[tuple[Sequence[Message], asyncio.Task[Routed]]] = asyncio.Queue(maxsize=ROUTE_AHEAD)
+
+        async def read() -> None:
+            async for batch in subscriber.batches():
+                # Slices, with a yield between them: a 512-message burst would otherwise hold
+                # the event loop for a few hundred milliseconds while the workers wait.
+                for start in range(0, len(batch), INTAKE_SLICE):
+                    piece = batch[start : start + INTAKE_SLICE]
+                    await ahead.put((piece, asyncio.create_task(self.route(piece), name="route")))
+                    await asyncio.sleep(0)
+
+        async def store() -> None:
+            while True:
+                piece, routed = await ahead.get()
                 while True:
                     try:
-                        await self.accept(batch[start : start + INTAKE_SLICE])
+                        stored = await self.accept(piece, routed)
                         break
                     except OSError as exc:
                         # The shared store is restarting: hold the slice (the bus buffers the rest) and retry.
                         log.warning("storing messages failed, retrying in 0.5 s: %s", exc)
                         await asyncio.sleep(0.5)
+                if not stored and not routed.done():
+                    routed.cancel()  # refused while the storage fails: its routing is not needed
                 await asyncio.sleep(0)
+
+        reader = asyncio.create_task(read(), name="intake reader")
+        storer = asyncio.create_task(store(), name="intake store")
+        try:
+            done, _ = await asyncio.wait({reader, storer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            reader.cancel()
+            storer.cancel()
+            while not ahead.empty():
+                ahead.get_nowait()[1].cancel()
+            await asyncio.gather(reader, storer, return_exceptions=True)

@@ -42,6 +42,7 @@ from fedmsg_notify.config.model import Config
 from fedmsg_notify.daemon.pipeline import build_pipeline
 from fedmsg_notify.delivery.intake import Pipeline, route_batch
 from fedmsg_notify.store.records import NewDelivery, NewDigestEntry
+from fedmsg_notify.store.shared import prepack
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ def _route_in_child(batch: list[Message]) -> tuple[list[NewDelivery], list[NewDi
     global _reported
     assert _pipeline is not None
     deliveries, entries = route_batch(_pipeline, batch)
+    deliveries = prepack(deliveries)  # compressed here, on this process's core
     fallbacks: Fallbacks = {}
     engine = getattr(_pipeline.meta, "__self__", None)
     counts = getattr(engine, "fallbacks", None)

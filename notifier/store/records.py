@@ -55,6 +55,9 @@ class NewDelivery:
     timestamp: float = 0.0
     # Set when routing or rendering failed: stored as a failed delivery so `status` shows it.
     error: str | None = None
+    # The parts as the store keeps them (compressed JSON), when packed where they were rendered
+    # (an intake process: :func:`~fedmsg_notify.store.shared.prepack`); None: the store packs them.
+    packed: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

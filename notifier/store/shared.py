@@ -22,9 +22,10 @@ this layout — keep their parts inline (``body`` is NULL).
 from __future__ import annotations
 
 import json
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedmsg_notify.backend import Destination, Item
@@ -52,8 +53,45 @@ def pack_data(value: Mapping[str, Any]) -> bytes:
     return zlib.compress(_dumps(dict(value)).encode("utf-8"), LEVEL)
 
 
+class _Recent:
+    """The decoded value of recently written or read blobs, by their bytes (bounded).
+
+    A delivery's parts are written at intake and read back once by its worker moments
+    later, and a message's metadata is read by each of its deliveries: this spares the
+    decompression and JSON parsing. Keyed by content, so it can never be wrong; callers
+    get a shallow copy.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values: dict[bytes, dict[str, Any]] = {}
+        self.lock = threading.Lock()  # the intake writer thread puts, the loop's workers get
+
+    def put(self, blob: bytes, value: Mapping[str, Any]) -> None:
+        with self.lock:
+            if len(self.values) >= self.size:
+                # Oldest first (dicts keep insertion order): drop the older half at once.
+                for key in list(self.values)[: self.size // 2]:
+                    del self.values[key]
+            # As the JSON would read back: tuples (the metadata's usernames, packages) as lists.
+            self.values[blob] = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+
+    def get(self, blob: bytes | memoryview) -> dict[str, Any] | None:
+        found = self.values.get(bytes(blob))
+        return None if found is None else dict(found)
+
+
+RECENT = _Recent(2048)
+
+
 def unpack_text(blob: bytes | memoryview) -> Any:
-    return _loads_text(zlib.decompress(blob).decode("utf-8"))
+    found = RECENT.get(blob)
+    if found is not None:
+        return found
+    value = _loads_text(zlib.decompress(blob).decode("utf-8"))
+    if isinstance(value, dict):
+        RECENT.put(bytes(blob), value)
+    return value
 
 
 def unpack_data(blob: bytes | memoryview) -> Any:
@@ -92,7 +130,7 @@ def pack_batch(deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEnt
     meta_json: dict[int, str] = {}  # the intake shares one metadata dict per message
     by_base: dict[tuple[Any, ...], int] = {}
     with_envelope: dict[tuple[Any, ...], int] = {}
-    bodies: dict[tuple[int, str], int] = {}
+    bodies: dict[tuple[int, str | bytes], int] = {}
 
     def base_key(row: NewDelivery | NewDigestEntry) -> tuple[Any, ...]:
         meta = meta_json.get(id(row.meta))
@@ -111,13 +149,15 @@ def pack_batch(deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEnt
             found = with_envelope.get((*base, envelope_json))
             if found is not None:
                 return found
+        meta_blob = zlib.compress(base[-1].encode("utf-8"), LEVEL)
+        RECENT.put(meta_blob, row.meta)  # read back by each of the message's deliveries
         packed.messages.append(
             PackedMessage(
                 row.msg_id,
                 row.topic,
                 row.service,
                 row.timestamp,
-                zlib.compress(base[-1].encode("utf-8"), LEVEL),
+                meta_blob,
                 None if envelope is None else zlib.compress(envelope_json.encode("utf-8"), LEVEL),
             )
         )
@@ -127,21 +167,41 @@ def pack_batch(deliveries: Sequence[NewDelivery], entries: Sequence[NewDigestEnt
             with_envelope[(*base, envelope_json)] = index
         return index
 
-    def body_index(message: int, rendered: Mapping[str, str]) -> int:
-        text = _dumps_text(dict(rendered))
-        found = bodies.get((message, text))
+    def body_index(message: int, rendered: Mapping[str, str], blob: bytes | None = None) -> int:
+        # Packed already (equal parts pack to equal bytes), or packed here.
+        key: str | bytes = blob if blob is not None else _dumps_text(dict(rendered))
+        found = bodies.get((message, key))
         if found is None:
-            packed.bodies.append((message, zlib.compress(text.encode("utf-8"), LEVEL)))
-            found = bodies[(message, text)] = len(packed.bodies) - 1
+            blob = key if isinstance(key, bytes) else zlib.compress(key.encode(), LEVEL)
+            RECENT.put(blob, rendered)  # its worker reads it back in a moment
+            packed.bodies.append((message, blob))
+            found = bodies[(message, key)] = len(packed.bodies) - 1
         return found
 
     # Entries first, so a delivery of the same message reuses the row holding the envelope.
     entry_messages = [message_index(entry, entry.envelope) for entry in entries]
     for new in deliveries:
-        packed.deliveries.append((new, body_index(message_index(new, None), new.rendered)))
+        packed.deliveries.append((new, body_index(message_index(new, None), new.rendered, new.packed)))
     for entry, message in zip(entries, entry_messages, strict=True):
         packed.entries.append((entry, body_index(message, entry.rendered)))
     return packed
+
+
+def prepack(deliveries: Sequence[NewDelivery]) -> list[NewDelivery]:
+    """The deliveries with their parts packed as the store keeps them, for :func:`pack_batch`.
+
+    An intake process calls this on what it rendered, so the compression is on its core
+    rather than the daemon's; deliveries with equal parts share one packing.
+    """
+    blobs: dict[str, bytes] = {}
+    out: list[NewDelivery] = []
+    for new in deliveries:
+        text = _dumps_text(dict(new.rendered))
+        blob = blobs.get(text)
+        if blob is None:
+            blob = blobs[text] = zlib.compress(text.encode("utf-8"), LEVEL)
+        out.append(replace(new, packed=blob))
+    return out
 
 
 def rendered_of(row: Any) -> Any:
