@@ -462,14 +462,15 @@ def label(rules: int) -> str:
 
 
 def bench_ours(
-    messages: int, rules: int, *, latency_seconds: float = 10.0, rate: float = 1000.0
+    messages: int, rules: int, *, latency_seconds: float = 10.0, rate: float = 1000.0, processes: int = 0
 ) -> list[dict[str, Any]]:
     """One row for ``rules`` rules: throughput over ``messages``, plus latency at a steady ``rate``."""
-    row = child(["--rules", str(rules), "--messages", str(messages)])
-    name = f"ours, {label(rules)} rules"
+    common = ["--rules", str(rules), "--processes", str(processes)]
+    row = child([*common, "--messages", str(messages)])
+    name = f"ours, {label(rules)} rules" + (f", {processes} intake process{'es' if processes > 1 else ''}" if processes else "")
     if "error" in row:
         return [{"name": name, **row}]
-    latency = child(["--rules", str(rules), "--messages", str(int(rate * latency_seconds)), "--rate", str(rate)])
+    latency = child([*common, "--messages", str(int(rate * latency_seconds)), "--rate", str(rate)])
     for key in ("p50_ms", "p99_ms", "max_ms", "latency_samples", "rate"):
         if key in latency:
             row[key] = latency[key]

@@ -103,18 +103,18 @@ def result(name: str, count: int, elapsed: float, cpu: float, rss_mb: float, **e
 
 
 def print_table(rows: list[dict[str, Any]], raw_rate: float) -> None:
-    header = f"{'run':44} {'msgs/s':>10} {'vs raw':>7} {'cpu µs/msg':>11} {'peak RSS MB':>12} {'p50 ms':>7} {'p99 ms':>7}"
+    header = f"{'run':56} {'msgs/s':>10} {'vs raw':>7} {'cpu µs/msg':>11} {'peak RSS MB':>12} {'p50 ms':>7} {'p99 ms':>7}"
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['name']:44} {row['error']}")
+            print(f"{row['name']:56} {row['error']}")
             continue
         ratio = row["msgs_per_s"] / raw_rate if raw_rate else 0.0
         p50 = f"{row['p50_ms']:.2f}" if "p50_ms" in row else "-"
         p99 = f"{row['p99_ms']:.2f}" if "p99_ms" in row else "-"
         print(
-            f"{row['name']:44} {row['msgs_per_s']:>10.0f} {ratio:>6.0%} {row['cpu_us_per_msg']:>11.1f} "
+            f"{row['name']:56} {row['msgs_per_s']:>10.0f} {ratio:>6.0%} {row['cpu_us_per_msg']:>11.1f} "
             f"{row['peak_rss_mb']:>12.1f} {p50:>7} {p99:>7}"
         )
 
@@ -123,6 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--rules", default="1000,10000,100000")
+    parser.add_argument("--processes", default="0,1", help="intake_processes values, a row each (default %(default)s)")
     parser.add_argument("--out", default=str(HERE / "results" / "bench.json"))
     args = parser.parse_args()
     rows = [bench_raw(args.messages), bench_fedmsg(args.messages)]
@@ -131,8 +132,9 @@ def main() -> int:
     except ImportError:
         bench_ours = None
     if bench_ours is not None:
-        for rules in (int(n) for n in args.rules.split(",") if n):
-            rows.extend(bench_ours(args.messages, rules))
+        for processes in (int(n) for n in args.processes.split(",") if n):
+            for rules in (int(n) for n in args.rules.split(",") if n):
+                rows.extend(bench_ours(args.messages, rules, processes=processes))
     raw_rate = rows[0]["msgs_per_s"]
     print_table(rows, raw_rate)
     out = Path(args.out)
