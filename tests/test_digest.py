@@ -21,6 +21,8 @@ from fedmsg_notify.store.records import DigestEntry, NewDigestEntry
 from fedmsg_notify.store.sqlite import Outbox
 from fedmsg_notify.testing import RecordingBackend, envelopes
 
+from tests.loopgaps import loop_gaps
+
 DEST = Destination("mail", "me@example.org")
 T0 = 1_000_000.0
 BODHI = "org.fedoraproject.prod.bodhi.update.comment"
@@ -271,3 +273,83 @@ def test_due_time(every: float | None, most: int | None, count: int, expected: f
     from fedmsg_notify.store.records import DigestGroup
 
     assert DigestGroup(DEST, count, T0, every, most).due_at() == expected
+
+
+def test_rendering_a_digest_holds_no_write_lock(tmp_path: Path) -> None:
+    """While a slow digest renders, another connection commits an intake batch at once (the claim comes after)."""
+    store = Outbox(tmp_path / "s.db")
+    store.accept([], [entry(n) for n in range(3)], now=T0)
+    rendering = threading.Event()
+    committed: list[float] = []
+    in_transaction: list[bool] = []
+
+    def slow_render(entries: Sequence[DigestEntry], total: int) -> tuple[Mapping[str, str], str]:
+        rendering.set()
+        in_transaction.append(store.db.in_transaction)
+        time.sleep(0.5)
+        return {"text": f"{total}"}, f"digest:{entries[0].msg_id}"
+
+    def intake() -> None:
+        other = Outbox(tmp_path / "s.db")
+        assert rendering.wait(5)
+        started = time.monotonic()
+        other.accept([], [entry(n) for n in range(10, 12)], now=T0)
+        committed.append(time.monotonic() - started)
+        other.close()
+
+    thread = threading.Thread(target=intake)
+    thread.start()
+    result = store.flush_digest(DEST, None, slow_render, T0 + 60)
+    thread.join(10)
+    assert result is not None and result[1] == 3, "the digest claims what it rendered, not the later entries"
+    assert in_transaction == [False], "rendered inside the write transaction"
+    assert committed and committed[0] < 0.25, f"the intake commit waited {committed} s for the rendering"
+    assert store.db.execute("SELECT COUNT(*) FROM digest_entries WHERE flushed_into IS NULL").fetchone()[0] == 2
+    store.close()
+
+
+def test_a_digest_whose_entries_were_claimed_meanwhile_is_not_queued(tmp_path: Path) -> None:
+    """Rendered from a read that another flusher overtook: nothing is queued, the other's digest stands."""
+    store = Outbox(tmp_path / "s.db")
+    store.accept([], [entry(n) for n in range(4)], now=T0)
+    other = Outbox(tmp_path / "s.db")
+
+    def overtaken(entries: Sequence[DigestEntry], total: int) -> tuple[Mapping[str, str], str]:
+        # Meanwhile another flusher takes two of the four.
+        assert other.flush_digest(DEST, 2, lambda e, t: ({"text": "other"}, "digest:other"), T0 + 60) is not None
+        return {"text": f"{total}"}, f"digest:{entries[0].msg_id}"
+
+    assert store.flush_digest(DEST, None, overtaken, T0 + 60) is None
+    assert [count for count, _ in digests(store)] == [2]
+    assert store.db.execute("SELECT COUNT(*) FROM digest_entries WHERE flushed_into IS NULL").fetchone()[0] == 2
+    other.close()
+    store.close()
+
+
+async def test_daemon_renders_digests_off_the_event_loop(tmp_path: Path, endpoint: str) -> None:
+    """A digest that takes 0.4 s to render is rendered in the digest thread: the loop keeps ticking meanwhile."""
+    publisher = Publisher(endpoint, username="tester", wait=5.0)
+    threads: list[int] = []
+
+    async def body(daemon: Daemon) -> None:
+        assert daemon.digests is not None
+        real = daemon.digests.render
+
+        def slow(destination: Destination, entries: Sequence[DigestEntry], total: int) -> Mapping[str, str]:
+            threads.append(threading.get_ident())
+            time.sleep(0.4)
+            return real(destination, entries, total)
+
+        daemon.digests.render = slow
+        async with loop_gaps(0.01) as gaps:
+            await asyncio.to_thread(lambda: [publisher.send_envelope(e) for e in envelopes(2, BODHI)])
+            mail = _backend(daemon, "mail")
+            await until(lambda: len(mail.items) == 1, 15, "the digest of two")
+        assert mail.items[0].count == 2
+        assert threads and threading.get_ident() not in threads, "rendered on the loop's thread"
+        assert max(gaps) < 0.2, f"the loop stood still for {max(gaps):.2f} s"
+
+    try:
+        await _run_daemon(tmp_path, endpoint, body)
+    finally:
+        publisher.close(linger_ms=0)

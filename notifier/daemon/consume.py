@@ -158,21 +158,30 @@ class BusIntake:
     async def _consume(self) -> None:
         """ZeroMQ intake: slices routed ahead of their commit, committed in order.
 
-        While one slice commits (in the writer thread) the next ones are routed, in an intake
-        process or on the loop: at most ROUTE_AHEAD slices wait routed. A slice is stored only
-        after every slice before it, so each destination's deliveries keep the bus's order.
+        While one slice commits (in the writer thread) the next one is routed, in an intake
+        process or on the loop: one slice routing per intake process (one on the loop), at most
+        ROUTE_AHEAD slices waiting for their commit. A slice is stored only after every slice
+        before it, so each destination's deliveries keep the bus's order.
         """
         assert self.subscriber is not None
         subscriber = self.subscriber
         ahead: asyncio.Queue[tuple[Sequence[Message], asyncio.Task[Routed]]] = asyncio.Queue(maxsize=ROUTE_AHEAD)
 
         async def read() -> None:
+            routing: set[asyncio.Task[Routed]] = set()
             async for batch in subscriber.batches():
                 # Slices, with a yield between them: a 512-message burst would otherwise hold
                 # the event loop for a few hundred milliseconds while the workers wait.
                 for start in range(0, len(batch), INTAKE_SLICE):
+                    # As many slices routing at once as there are processes to route them; what
+                    # arrives meanwhile waits in the socket and makes the next slice: slices grow
+                    # with the load instead of a queue of small ones each paying its own commit.
+                    while len(routing) >= max(1, self.router.processes):
+                        _, routing = await asyncio.wait(routing, return_when=asyncio.FIRST_COMPLETED)
                     piece = batch[start : start + INTAKE_SLICE]
-                    await ahead.put((piece, asyncio.create_task(self.route(piece), name="route")))
+                    task = asyncio.create_task(self.route(piece), name="route")
+                    routing.add(task)
+                    await ahead.put((piece, task))
                     await asyncio.sleep(0)
 
         async def store() -> None:

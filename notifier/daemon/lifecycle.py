@@ -54,7 +54,7 @@ from fedmsg_notify.matching.rules import Route, Rule
 from fedmsg_notify.meta.engine import MetaEngine
 from fedmsg_notify.store.interface import Store
 from fedmsg_notify.store.records import DigestEntry
-from fedmsg_notify.store.writer import IntakeWriter
+from fedmsg_notify.store.writer import IntakeWriter, StoreThread
 
 if TYPE_CHECKING:
     from fedmsg_notify.store.pg_cluster import AccountLocks
@@ -97,6 +97,7 @@ class Daemon(BusIntake, Chores):
         # Commits intake batches off the event loop (False: on it, as before; for comparisons).
         self.intake_thread = True
         self.writer: IntakeWriter | None = None
+        self.digest_thread: StoreThread | None = None
         # This daemon's name in a shared (PostgreSQL) store's leases, heartbeats and account locks.
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.locks: AccountLocks | None = None
@@ -143,7 +144,11 @@ class Daemon(BusIntake, Chores):
         await self._start_backends(h for name, h in self.handles.items() if self._serves(name))
         for destination in store.pending_destinations():
             self.worker(destination)
-        self.digests = DigestScheduler(store, self._render_digest, lambda d: self.worker(d).notify(), clock=self.clock)
+        # Digest scans and renderings in a thread of their own, beside the intake writer's.
+        self.digest_thread = StoreThread(store, "digests") if self.intake_thread else None
+        self.digests = DigestScheduler(
+            store, self._render_digest, lambda d: self.worker(d).notify(), clock=self.clock, thread=self.digest_thread
+        )
         self._spawn(self.digests.run(), "digests")
         self.subscriber = Subscriber(
             self.config.endpoints,
@@ -386,6 +391,8 @@ class Daemon(BusIntake, Chores):
                     "%d task(s) still busy after %.0f s; their rows stay queued", len(pending), self.shutdown_timeout
                 )
                 await asyncio.wait(pending, timeout=1.0)
+        if self.digest_thread is not None:
+            await self.digest_thread.close()
         self._save_counters()
         if self.web is not None:
             await self.web.close()

@@ -17,17 +17,23 @@ reads like a normal delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from fedmsg_notify.backend import Backend, Destination
 from fedmsg_notify.clock import Clock
 from fedmsg_notify.store.interface import Store
 from fedmsg_notify.store.records import DigestEntry, DigestGroup
+from fedmsg_notify.store.writer import StoreThread
 
 log = logging.getLogger(__name__)
 
 RENDER_CAP = 100
+# Seconds between two scans for full digests that new entries asked for.
+SCAN_EVERY = 0.25
 
 # (destination, at most RENDER_CAP entries, true total) -> rendered parts
 RenderDigest = Callable[[Destination, Sequence[DigestEntry], int], Mapping[str, str]]
@@ -70,6 +76,7 @@ class DigestScheduler:
         *,
         clock: Clock,
         render_cap: int = RENDER_CAP,
+        thread: StoreThread | None = None,
     ) -> None:
         self.store = store
         self.render = render
@@ -78,6 +85,9 @@ class DigestScheduler:
         self.render_cap = render_cap
         self.wake = asyncio.Event()
         self.stopped = asyncio.Event()
+        self.scan_every = SCAN_EVERY
+        # Where scans and flushes run (with its own store connection); None: on the loop.
+        self.thread = thread
 
     def notify(self) -> None:
         self.wake.set()
@@ -86,35 +96,42 @@ class DigestScheduler:
         self.stopped.set()
         self.wake.set()
 
-    def flush_due(self) -> tuple[int, float | None]:
-        """Flush every due digest; return (digests queued, when the next one is due)."""
+    def flush_due(
+        self, queued: Callable[[Destination], None] | None = None, store: Store | None = None
+    ) -> tuple[int, float | None]:
+        """Flush every due digest; return (digests queued, when the next one is due).
+
+        ``queued`` hears each destination given a digest (default: the scheduler's own
+        callback); ``store``: the store to use (default: the scheduler's).
+        """
+        store = store or self.store
         now = self.clock.time()
         flushed = 0
         next_due: float | None = None
-        for group in self.store.digest_groups():
+        for group in store.digest_groups():
             due = group.due_at()
             if due is not None and due <= now:
-                flushed += self._flush(group, now)
+                flushed += self._flush(group, now, store, queued or self.queued)
                 # Entries left below `max` wait for the timer of their own oldest entry.
                 continue
             if due is not None:
                 next_due = due if next_due is None else min(next_due, due)
         if flushed:
             # Leftovers after a max-triggered flush may have their own deadline.
-            for group in self.store.digest_groups():
+            for group in store.digest_groups():
                 due = group.due_at()
                 if due is not None and due > now:
                     next_due = due if next_due is None else min(next_due, due)
         return flushed, next_due
 
-    def _flush(self, group: DigestGroup, now: float) -> int:
+    def _flush(self, group: DigestGroup, now: float, store: Store, queued: Callable[[Destination], None]) -> int:
         by_count = group.max is not None and group.count >= group.max
         flushed = 0
         remaining = group.count
         while remaining > 0:
             if by_count and group.max is not None and remaining < group.max:
                 break
-            result = self.store.flush_digest(
+            result = store.flush_digest(
                 group.destination, group.max, self._render(group.destination), now, render_cap=self.render_cap
             )
             if result is None:
@@ -124,7 +141,7 @@ class DigestScheduler:
             flushed += 1
             log.info("digest of %d messages queued for %s", claimed, group.destination)
         if flushed:
-            self.queued(group.destination)
+            queued(group.destination)
         return flushed
 
     def _render(
@@ -138,10 +155,25 @@ class DigestScheduler:
     async def run(self) -> None:
         while not self.stopped.is_set():
             self.wake.clear()
+            scanned = time.monotonic()
             try:
-                _, next_due = self.flush_due()
+                if self.thread is None:
+                    _, next_due = self.flush_due()
+                else:
+                    # Scanned and rendered in the scheduler's thread; the workers are woken here.
+                    given: list[Destination] = []
+                    _, next_due = await self.thread.run(functools.partial(self.flush_due, given.append))
+                    for destination in given:
+                        self.queued(destination)
             except Exception:
                 log.exception("flushing digests failed; trying again in 30 s")
                 next_due = self.clock.time() + 30.0
             timeout = None if next_due is None else max(0.0, next_due - self.clock.time())
-            await self.clock.wait(self.wake, timeout)
+            woken = await self.clock.wait(self.wake, timeout)
+            if woken and not self.stopped.is_set():
+                # New entries: scanned at most every SCAN_EVERY seconds, however busy the bus
+                # (the scan groups every unflushed entry; intake stores a slice every few ms).
+                rest = scanned + self.scan_every - time.monotonic()
+                if rest > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopped.wait(), rest)

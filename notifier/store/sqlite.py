@@ -364,8 +364,9 @@ class Outbox:
         render_cap: int = 100,
     ) -> tuple[int, int] | None:
         """Claim up to ``limit`` unflushed entries and queue their digest, atomically (see :mod:`sqlite_digest`)."""
-        with self.transaction() as db:
-            return sqlite_digest.flush_digest(db, destination, limit, render, now, render_cap=render_cap)
+        return sqlite_digest.flush_digest(
+            self.db, self.transaction, destination, limit, render, now, render_cap=render_cap
+        )
 
     # -- counters, status, housekeeping ---------------------------------------------------
 

@@ -86,3 +86,25 @@ class IntakeWriter:
             await self._run(self._twin.close)
         finally:
             self._pool.shutdown(wait=True)
+
+
+class StoreThread:
+    """A thread of its own with a connection of its own to the store, for work kept off the loop.
+
+    The digest scheduler runs here (:class:`~fedmsg_notify.delivery.digest.DigestScheduler`):
+    scanning every unflushed entry and rendering a 100-entry digest take tens of
+    milliseconds, which on the loop would hold up every send and the bus.
+    """
+
+    def __init__(self, store: Store, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.store: Store = self._pool.submit(store.intake_twin()).result()
+
+    async def run(self, work: Callable[[Store], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work, self.store)
+
+    async def close(self) -> None:
+        try:
+            await self.run(lambda store: store.close())
+        finally:
+            self._pool.shutdown(wait=True)
