@@ -87,13 +87,13 @@ async def raw(url: str, queue: str, count: int) -> dict[str, Any]:
     return row("raw aio-pika consume + json.loads", count, elapsed, cpu)
 
 
-async def ours(url: str, queue: str, count: int, rules: int) -> dict[str, Any]:
+async def ours(url: str, queue: str, count: int, rules: int, processes: int = 0) -> dict[str, Any]:
     from bench_rules import load_samples
     from fedmsg_notify.config.model import load_config
     from fedmsg_notify.daemon import Daemon
     from fedmsg_notify.matching.rules import RuleSet
     from fedmsg_notify.testing import NullBackend
-    from ours import population  # type: ignore[import-not-found]
+    from ours import children_cpu, population, write_rule_files  # type: ignore[import-not-found]
 
     pairs = load_samples()
     tmp = Path(tempfile.mkdtemp(prefix="fedmsg-notify-bench-amqp-"))
@@ -105,13 +105,19 @@ async def ours(url: str, queue: str, count: int, rules: int) -> dict[str, Any]:
                 "accounts": {"mail": {"backend": "fedmsg_notify.testing:NullBackend"}},
                 "rules": [str(tmp / "rules")],
                 "state": str(tmp / "state.sqlite"),
+                "intake_processes": processes,
             }
         )
     )
     docs, _described = population(rules, pairs)
-    ruleset = RuleSet.from_documents(docs, load_config(tmp / "config.yaml").accounts)
-    daemon = Daemon(load_config(tmp / "config.yaml"))
-    daemon.pipeline = dataclasses.replace(daemon.pipeline, rules=ruleset)
+    if processes:
+        # The intake processes load the rules from files, as the daemon does (bench/ours.py).
+        write_rule_files(tmp / "rules", docs)
+        daemon = Daemon(load_config(tmp / "config.yaml"))
+    else:
+        ruleset = RuleSet.from_documents(docs, load_config(tmp / "config.yaml").accounts)
+        daemon = Daemon(load_config(tmp / "config.yaml"))
+        daemon.pipeline = dataclasses.replace(daemon.pipeline, rules=ruleset)
     for message, _ in pairs:  # warm-up, as bench/ours.py does
         meta = daemon.pipeline.meta(message)
         for route in daemon.pipeline.rules.routes(message, meta):
@@ -122,12 +128,17 @@ async def ours(url: str, queue: str, count: int, rules: int) -> dict[str, Any]:
     async def accept(batch: Any, *rest: Any) -> bool:
         if seen["n"] == 0:
             seen["start"], seen["cpu"] = time.perf_counter(), time.process_time()
+            seen["children"] = children_cpu(daemon.router.pids())
         stored = await real_accept(batch, *rest)
         seen["n"] += len(batch)
         return stored
 
     daemon.accept = accept  # type: ignore[method-assign]
-    task = asyncio.create_task(daemon.run())
+    ready = asyncio.Event()
+    task = asyncio.create_task(daemon.run(ready))
+    await ready.wait()
+    # The queue is full already: intake starts at once, on the loop until the process is ready
+    # (as a daemon starting on a backlog does).
     try:
         while True:
             await asyncio.sleep(0.02)
@@ -138,14 +149,16 @@ async def ours(url: str, queue: str, count: int, rules: int) -> dict[str, Any]:
             break
         sink = NullBackend.instances["mail"]
         end = sink.last_at or time.perf_counter()
-        elapsed, cpu = end - seen["start"], time.process_time() - seen["cpu"]
+        elapsed = end - seen["start"]
+        cpu = time.process_time() - seen["cpu"] + children_cpu(daemon.router.pids()) - seen.get("children", 0.0)
         deliveries = daemon.store.db.execute("SELECT COUNT(*) FROM deliveries WHERE kind = 'message'").fetchone()[0]
     finally:
         daemon.stop()
         await task
         shutil.rmtree(tmp, ignore_errors=True)
     label = f"{rules // 1000}k" if rules % 1000 == 0 else str(rules)
-    return row(f"ours on AMQP, {label} rules ({deliveries / count:.2f} deliveries/msg)", count, elapsed, cpu)
+    extra = f", {processes} intake process" if processes else ""
+    return row(f"ours on AMQP, {label} rules{extra} ({deliveries / count:.2f} deliveries/msg)", count, elapsed, cpu)
 
 
 def row(name: str, count: int, elapsed: float, cpu: float) -> dict[str, Any]:
@@ -183,11 +196,13 @@ def main() -> int:
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rules", default="1000,10000,100000")
+    parser.add_argument("--processes", default="0,1", help="intake_processes values, a row each (default %(default)s)")
     parser.add_argument("--out", default=str(HERE / "results" / "amqp.json"))
     args = parser.parse_args()
     if args.child:
         url, queue, count, what = args.child
-        coroutine = raw(url, queue, int(count)) if what == "raw" else ours(url, queue, int(count), int(what))
+        rules, _, processes = what.partition(":")
+        coroutine = raw(url, queue, int(count)) if what == "raw" else ours(url, queue, int(count), int(rules), int(processes or 0))
         print(json.dumps(asyncio.run(coroutine)), flush=True)
         return 0
     from run import print_table
@@ -201,8 +216,9 @@ def main() -> int:
     try:
         node.start()
         rows = [child(node.url, args.messages, "raw")]
-        for rules in (n for n in args.rules.split(",") if n):
-            rows.append(child(node.url, args.messages, rules))
+        for processes in (n for n in args.processes.split(",") if n):
+            for rules in (n for n in args.rules.split(",") if n):
+                rows.append(child(node.url, args.messages, f"{rules}:{processes}"))
     finally:
         node.close()
     print_table(rows, rows[0].get("msgs_per_s", 0.0))

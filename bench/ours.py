@@ -194,6 +194,12 @@ def free_endpoint() -> str:
         return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
+def write_rule_files(folder: Path, docs: list[Any]) -> None:
+    """The population's documents as rule files, one per person (JSON is YAML)."""
+    for n, doc in enumerate(docs):
+        (folder / f"person{n}.yaml").write_text(json.dumps(doc.data))
+
+
 def children_cpu(pids: list[int]) -> float:
     """User + system CPU seconds of these processes so far (the intake processes)."""
     total = 0.0
@@ -272,8 +278,7 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
         # The intake processes build their own pipeline from the configuration, so the rules
         # are files here (one per person, as people keep them), loaded by the daemon itself.
         docs, described = population(args.rules, pairs, broad_people=args.watchers)
-        for n, doc in enumerate(docs):
-            (tmp / "rules" / f"person{n}.yaml").write_text(json.dumps(doc.data))
+        write_rule_files(tmp / "rules", docs)
         del docs
         loading = time.perf_counter()
         daemon = Daemon(load_config(tmp / "config.yaml"))
