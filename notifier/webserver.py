@@ -34,6 +34,7 @@ class Observed(Protocol):
     subscriber: Any
     verifier: Any
     reloads: int
+    router: Any
     _saved_malformed: Counter[str]
     _saved_refused: Counter[str]
 
@@ -98,7 +99,15 @@ def snapshot_of(daemon: Observed, now: Callable[[], float]) -> Callable[[], Snap
             )
             for s in (daemon.store.status(now()) if daemon.store is not None else ())
         )
-        return Snapshot(received=received, refused=dict(refused), destinations=destinations, reloads=daemon.reloads)
+        router = daemon.router
+        return Snapshot(
+            received=received,
+            refused=dict(refused),
+            destinations=destinations,
+            reloads=daemon.reloads,
+            intake_slices={"process": router.routed_remote, "loop": router.routed_local},
+            intake_processes_ready=router.processes if router.ready else 0,
+        )
 
     return take
 

@@ -221,6 +221,11 @@ def test_metrics_parse_and_count_messages_and_deliveries(tmp_path: Path, web_dae
     assert "fedmsg_notify_messages_refused" in families
     assert "fedmsg_notify_retrying" in families
     assert families["fedmsg_notify_web_live_clients"].samples[0].value == 0
+    # No intake_processes here: the one slice was routed on the daemon's loop.
+    slices = {s.labels["where"]: s.value for s in families["fedmsg_notify_intake_slices"].samples
+              if s.name.endswith("_total")}
+    assert slices == {"loop": 1.0, "process": 0.0}
+    assert families["fedmsg_notify_intake_processes_ready"].samples[0].value == 0
 
 
 def test_feeds_and_event_ids_survive_a_restart(tmp_path: Path, web_daemons: list[WebDaemon]) -> None:

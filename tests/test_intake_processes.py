@@ -247,3 +247,16 @@ def test_intake_processes_is_checked_with_its_position(tmp_path: Path) -> None:
         load_config(config)
     [problem] = caught.value.problems
     assert "intake_processes" in str(problem) and "config.yaml:7:19" in str(problem)
+
+
+async def test_the_rule_set_is_kept_out_of_full_collections_until_a_reload(tmp_path: Path, endpoint: str) -> None:
+    """While running, what was built at start is frozen (no full GC pass walks 100k rules mid-stream); a reload
+    and the shutdown unfreeze it, so a replaced set can be collected."""
+    import gc
+
+    config = write(tmp_path, endpoint, "{% block text %}{{ body.n }}{% endblock %}", processes=0)
+    async with running(config) as (daemon, _publisher):
+        assert gc.get_freeze_count() > 0
+        assert await daemon.reload() is True
+        assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0

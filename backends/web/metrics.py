@@ -33,6 +33,9 @@ class Snapshot:
     refused: dict[tuple[str, str], int] = field(default_factory=dict)
     destinations: tuple[DestinationCounts, ...] = ()
     reloads: int = 0
+    # where ("process", "loop") -> intake slices routed there; intake processes ready now
+    intake_slices: dict[str, int] = field(default_factory=dict)
+    intake_processes_ready: int = 0
 
 
 class SnapshotCollector(Collector):
@@ -86,3 +89,16 @@ class SnapshotCollector(Collector):
             "fedmsg_notify_web_live_clients", "Connected live-page (SSE) clients", value=self.live_clients()
         )
         yield CounterMetricFamily("fedmsg_notify_reloads", "Successful configuration reloads", value=snap.reloads)
+        slices = CounterMetricFamily(
+            "fedmsg_notify_intake_slices",
+            "Intake slices matched and rendered in an intake process or on the daemon's own loop",
+            labels=["where"],
+        )
+        for where, n in sorted(snap.intake_slices.items()):
+            slices.add_metric([where], n)
+        yield slices
+        yield GaugeMetricFamily(
+            "fedmsg_notify_intake_processes_ready",
+            "Intake processes ready (intake_processes); 0 while they start or after one died",
+            value=snap.intake_processes_ready,
+        )

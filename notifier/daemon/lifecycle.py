@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -172,6 +173,11 @@ class Daemon(BusIntake, Chores):
                 self.config.web, self.config.source, webserver.snapshot_of(self, self.clock.time)
             )
         self.router.start(self.config)
+        # What was built so far (100k compiled rules, templates) lives until a reload: kept out
+        # of the cyclic collector's full passes, each of which would stall the loop for as long
+        # as walking all of it takes (~0.5 s at 100k rules). A reload and the shutdown undo it
+        # (so garbage frozen with it is collected then).
+        gc.freeze()
         consumer = asyncio.create_task(self._consume_all(), name="intake")
         # Periodic chores end with the loop; they hold no work worth waiting for.
         background = [
@@ -251,6 +257,7 @@ class Daemon(BusIntake, Chores):
         except Exception as exc:
             log.warning("saving metadata fallback counts failed: %s", exc)
         self.config, self.pipeline, self.handles = config, pipeline, handles
+        gc.unfreeze()  # the previous set may go now; the collector sees everything again
         if self.store is not None:  # running: the intake processes build the new set too (meanwhile, the loop routes)
             self.router.start(config)
         self._save_counters()
@@ -370,6 +377,7 @@ class Daemon(BusIntake, Chores):
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await consumer
         self.router.close()
+        gc.unfreeze()
         if self.subscriber is not None:
             self.subscriber.close()
         if self.amqp is not None:
