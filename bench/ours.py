@@ -270,16 +270,13 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
                      "rules_per_person": RULES_PER_PERSON, "firehoses": 1}
         write_population(tmp / "rules", written)
         del written
-        loading = time.perf_counter()
-        daemon = Daemon(load_config(tmp / "config.yaml"))
-        load_seconds = time.perf_counter() - loading
-        daemon.intake_thread = commits_off_loop
     elif args.processes:
         # The intake processes build their own pipeline from the configuration, so the rules
         # are files here (one per person, as people keep them), loaded by the daemon itself.
         docs, described = population(args.rules, pairs, broad_people=args.watchers)
         write_rule_files(tmp / "rules", docs)
         del docs
+    if args.population == "index" or args.processes:
         loading = time.perf_counter()
         daemon = Daemon(load_config(tmp / "config.yaml"))
         load_seconds = time.perf_counter() - loading

@@ -35,21 +35,14 @@ from tests.test_lifecycle import (  # noqa: F401 (fixtures)
     notify,
     until,
 )
-
-RECORDER = "fedmsg_notify.testing:RecordingBackend"
+from tests.test_reload import RECORDER
+from tests.test_reload import write as write_config
 
 
 def write(tmp: Path, endpoint: str, template: str, *, processes: int = 1, extra: str = "") -> Path:
-    (tmp / "rules").mkdir(exist_ok=True)
-    (tmp / "rules" / "a.yaml").write_text("rules:\n  - {name: all, match: {}, deliver: [{via: rec}]}\n")
-    (tmp / "templates" / "recording").mkdir(parents=True, exist_ok=True)
-    (tmp / "templates" / "recording" / "default.j2").write_text(template)
-    config = tmp / "config.yaml"
-    config.write_text(
-        f"bus: {{endpoints: [{endpoint}]}}\naccounts:\n  rec: {{backend: '{RECORDER}'{extra}}}\n"
-        f"rules: [{tmp / 'rules'}]\ntemplates: [{tmp / 'templates'}]\nstate: {tmp / 'state.db'}\n"
-        f"intake_processes: {processes}\n"
-    )
+    """test_reload's config (one rule, everything to the recording account ``rec``) with ``intake_processes``."""
+    config = write_config(tmp, endpoint, f"  rec: {{backend: '{RECORDER}'{extra}}}\n", template)
+    config.write_text(config.read_text() + f"intake_processes: {processes}\n")
     return config
 
 
