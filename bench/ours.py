@@ -212,9 +212,9 @@ def children_cpu(pids: list[int]) -> float:
     return total
 
 
-def rss_mb() -> float:
-    """Current resident set size."""
-    with open("/proc/self/statm") as statm:
+def rss_mb(pid: int | str = "self") -> float:
+    """Current resident set size (of this process, or ``pid``)."""
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -356,8 +356,10 @@ async def run_daemon(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"publisher failed with exit code {publisher.returncode}")
             received = seen["messages"] + sum(daemon.subscriber.malformed.values()) if daemon.subscriber else 0
             if args.long and received >= next_sample:
-                samples.append({"messages": received, "rss_mb": round(rss_mb(), 1)})
-                print(f"  {received:>9,} messages: RSS {rss_mb():.1f} MB", file=sys.stderr, flush=True)
+                intake = [round(rss_mb(pid), 1) for pid in daemon.router.pids()]
+                samples.append({"messages": received, "rss_mb": round(rss_mb(), 1), "intake_rss_mb": intake})
+                print(f"  {received:>9,} messages: RSS {rss_mb():.1f} MB, intake processes {intake} MB",
+                      file=sys.stderr, flush=True)
                 next_sample += 100_000
             if received < args.messages:
                 continue
@@ -521,8 +523,10 @@ def main() -> int:
         messages = args.messages or 1_000_000
         rate = args.long_rate
         print(f"long run: {messages:,} messages at {rate:g} msg/s through {rules:,} rules", flush=True)
-        row = child(["--long", "--rules", str(rules), "--messages", str(messages), "--long-rate", str(rate)])
-        row["name"] = f"ours, {label(rules)} rules, {messages:,} messages at {rate:g} msg/s"
+        row = child(["--long", "--rules", str(rules), "--messages", str(messages), "--long-rate", str(rate),
+                     "--processes", str(args.processes)])
+        row["name"] = f"ours, {label(rules)} rules, {messages:,} messages at {rate:g} msg/s" + (
+            f", {args.processes} intake process(es)" if args.processes else "")
         print(json.dumps(row, indent=2))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
