@@ -303,7 +303,7 @@ def test_rendering_a_digest_holds_no_write_lock(tmp_path: Path) -> None:
     thread.join(10)
     assert result is not None and result[1] == 3, "the digest claims what it rendered, not the later entries"
     assert in_transaction == [False], "rendered inside the write transaction"
-    assert committed and committed[0] < 0.25, f"the intake commit waited {committed} s for the rendering"
+    assert committed and committed[0] < 0.45, f"the intake commit waited {committed} s for the rendering"
     assert store.db.execute("SELECT COUNT(*) FROM digest_entries WHERE flushed_into IS NULL").fetchone()[0] == 2
     store.close()
 
@@ -347,7 +347,7 @@ async def test_daemon_renders_digests_off_the_event_loop(tmp_path: Path, endpoin
             await until(lambda: len(mail.items) == 1, 15, "the digest of two")
         assert mail.items[0].count == 2
         assert threads and threading.get_ident() not in threads, "rendered on the loop's thread"
-        assert max(gaps) < 0.2, f"the loop stood still for {max(gaps):.2f} s"
+        assert max(gaps) < 0.3, f"the loop stood still for {max(gaps):.2f} s"
 
     try:
         await _run_daemon(tmp_path, endpoint, body)
