@@ -222,8 +222,11 @@ def test_kill_9_of_the_daemon_takes_the_intake_process_down_and_a_restart_delive
         until(lambda: len(read_recording(rec)) == 10, 20, "the first 10")
         daemon.kill()
         until(lambda: all(_state(pid) in ("gone", "Z") for pid in children), 10, "the intake process to exit")
+        until(lambda: not publisher.subscribed, 10, "the killed daemon's subscription to go")
         daemon = DaemonProcess(config, notify, log)
         daemons.append(daemon)
+        # ZeroMQ drops what is sent before the new subscription arrives.
+        until(lambda: publisher.subscribed, 10, "the restarted daemon's subscription")
         for envelope in batch[10:]:
             publisher.send_envelope(envelope)
         until(lambda: len(read_recording(rec)) == 30, 30, "the other 20 after the restart")
@@ -253,3 +256,25 @@ async def test_the_rule_set_is_kept_out_of_full_collections_until_a_reload(tmp_p
         assert await daemon.reload() is True
         assert gc.get_freeze_count() == 0
     assert gc.get_freeze_count() == 0
+
+
+async def test_digests_are_rendered_in_the_intake_process(
+    tmp_path: Path, endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A digest of two goes out; its template ran in the intake process (its failure is logged with that pid) and
+    the daemon sent the plain digest it fell back to."""
+    config = write(tmp_path, endpoint, "{% block text %}{{ body.n }}{% endblock %}")
+    (tmp_path / "rules" / "a.yaml").write_text(
+        "rules:\n  - {name: all, match: {}, deliver: [{via: rec, digest: {every: 600, max: 2}}]}\n"
+    )
+    (tmp_path / "templates" / "recording" / "digest.j2").write_text("{% block text %}{{ count + 'x' }}{% endblock %}")
+    caplog.set_level(logging.INFO)
+    async with running(config) as (daemon, publisher):
+        await until_ready(daemon)
+        [pid] = daemon.router.pids()
+        await send(publisher, 2)
+        [item] = await received(1)
+        assert item.count == 2 and item.rendered["text"].count("\n") == 1, "the plain digest of the two"
+        [record] = [r for r in caplog.records if "digest.j2:1 failed" in r.getMessage()]
+        assert record.process == pid, "the digest template ran in the daemon's own process"
+        assert daemon.router.digests_remote == 1

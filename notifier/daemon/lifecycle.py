@@ -42,16 +42,15 @@ from fedmsg_notify.config.model import Config, load_config
 from fedmsg_notify.config.yaml_positions import ProblemsError
 from fedmsg_notify.daemon.chores import Chores
 from fedmsg_notify.daemon.consume import BusIntake
-from fedmsg_notify.daemon.pipeline import build_pipeline
+from fedmsg_notify.daemon.pipeline import build_pipeline, render_digest
 from fedmsg_notify.daemon.routing import Fallbacks, RouteProcesses
 from fedmsg_notify.daemon.state import open_store
 from fedmsg_notify.delivery.coalesce import Coalescer
-from fedmsg_notify.delivery.digest import DigestScheduler, joined_parts
+from fedmsg_notify.delivery.digest import DigestScheduler
 from fedmsg_notify.delivery.guard import IntakeGuard
 from fedmsg_notify.delivery.intake import Pipeline
 from fedmsg_notify.delivery.retry import RetryPolicy
 from fedmsg_notify.delivery.workers import BackendHandle, DestinationWorker
-from fedmsg_notify.matching.rules import Route, Rule
 from fedmsg_notify.meta.engine import MetaEngine
 from fedmsg_notify.store.interface import Store
 from fedmsg_notify.store.records import DigestEntry
@@ -348,26 +347,10 @@ class Daemon(BusIntake, Chores):
                 log.error("starting backend of account %s failed: %s", handle.backend.account_name, exc)
 
     def _render_digest(self, destination: Destination, entries: Sequence[DigestEntry], total: int) -> Mapping[str, str]:
-        backend = self.pipeline.backends.get(destination.account)
-        if backend is None:
-            # The account is gone (reload); the digest waits in the store as the entries' text.
-            return joined_parts(None, entries, total)
-        first = entries[0]
-        route = Route(
-            destination=destination,
-            rule=Rule(name=first.rule, file=first.rule_file),
-            template=first.template,
-            options=dict(first.options),
-        )
-        payload = [
-            {"message": e.envelope, "topic": e.topic, "service": e.service, "meta": e.meta, "rendered": e.rendered}
-            for e in entries
-        ]
-        try:
-            return self.pipeline.renderer.render_digest(backend, payload, route, total)
-        except Exception:
-            log.exception("digest template for %s failed; sending the plain digest", destination)
-            return joined_parts(backend, entries, total)
+        # In an intake process when one is ready (from the digest thread, which waits for it
+        # without holding the interpreter lock the loop needs), else here.
+        rendered = self.router.render_digest(destination, entries, total)
+        return rendered if rendered is not None else render_digest(self.pipeline, destination, entries, total)
 
     async def _shutdown(self, consumer: asyncio.Task[None], stopper: asyncio.Task[Any]) -> None:
         systemd.stopping()

@@ -38,11 +38,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from fedmsg_notify.backend import Destination
 from fedmsg_notify.bus.envelope import Message
 from fedmsg_notify.config.model import Config
-from fedmsg_notify.daemon.pipeline import build_pipeline
+from fedmsg_notify.daemon.pipeline import build_pipeline, render_digest
 from fedmsg_notify.delivery.intake import Pipeline, route_batch
-from fedmsg_notify.store.records import NewDelivery, NewDigestEntry
+from fedmsg_notify.store.records import DigestEntry, NewDelivery, NewDigestEntry
 from fedmsg_notify.store.shared import prepack
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ Fallbacks = Mapping[tuple[str, str], int]
 # Seconds before a pool that died (or could not start) is replaced; doubles up to the cap.
 RESTART_AFTER = 2.0
 RESTART_CAP = 60.0
+# Seconds the digest thread waits for a process to render a digest before doing it itself.
+DIGEST_TIMEOUT = 30.0
 
 
 class RouteProcesses:
@@ -71,6 +74,8 @@ class RouteProcesses:
         self.routed_remote = 0
         self.routed_local = 0
         self.starts = 0
+        # Digests rendered in a process.
+        self.digests_remote = 0
         self._pool: ProcessPoolExecutor | None = None
         self._warming: asyncio.Task[None] | None = None
         self._pause: float | None = None  # the next pause after a death (None: restart_after)
@@ -135,6 +140,37 @@ class RouteProcesses:
         self.routed_remote += 1
         self._pause = None
         return deliveries, entries
+
+    def render_digest(
+        self, destination: Destination, entries: Sequence[DigestEntry], total: int
+    ) -> Mapping[str, str] | None:
+        """A digest rendered in an intake process, waited for in this thread; ``None``: render it here.
+
+        For the digest thread: it blocks until the process answers, holding nothing the loop
+        needs, where rendering 100 entries itself would compete with the loop for the
+        interpreter. On the loop's own thread (no digest thread) it declines.
+        """
+        pool = self._pool
+        if pool is None or not self.ready:
+            return None
+        try:
+            asyncio.get_running_loop()
+            return None  # the event loop's thread must not block on the process
+        except RuntimeError:
+            pass
+        try:
+            parts, records = pool.submit(_render_digest_in_child, destination, list(entries), total).result(
+                timeout=DIGEST_TIMEOUT
+            )
+        except Exception as exc:  # a dead pool (the next slice replaces it), a timeout: render it here
+            log.warning("rendering a digest for %s in an intake process failed (%s); rendering it here",
+                        destination, type(exc).__name__)
+            return None
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+        self.digests_remote += 1
+        parts_map: Mapping[str, str] = parts
+        return parts_map
 
     async def _warm(self, pool: ProcessPoolExecutor) -> None:
         """Ready once the pool's first process has built its pipeline."""
@@ -217,6 +253,16 @@ def _start_child(config: Config, level: int, parent: int) -> None:
     gc.collect()
     gc.freeze()
     _records.clear()
+
+
+def _render_digest_in_child(
+    destination: Destination, entries: list[DigestEntry], total: int
+) -> tuple[Mapping[str, str], list[Any]]:
+    assert _pipeline is not None
+    parts = render_digest(_pipeline, destination, entries, total)
+    records = list(_records)
+    _records.clear()
+    return parts, records
 
 
 def _route_in_child(batch: list[Message]) -> tuple[list[NewDelivery], list[NewDigestEntry], Fallbacks, list[Any]]:
