@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from fedmsg_notify.backend import Item
 from fedmsg_notify.bus.zeromq import Publisher
+from fedmsg_notify.commands.cli import main
 from fedmsg_notify.config.model import load_config
 from fedmsg_notify.config.yaml_positions import ProblemsError
 from fedmsg_notify.daemon import Daemon
@@ -85,8 +86,11 @@ async def send(publisher: Publisher, count: int, first: int = 0) -> list[str]:
     return [e["msg_id"] for e in batch]
 
 
-async def test_messages_are_matched_and_rendered_in_the_intake_process(tmp_path: Path, endpoint: str) -> None:
-    """200 messages, all rendered by the other process, arrive in order with the template's text."""
+async def test_messages_are_matched_and_rendered_in_the_intake_process(
+    tmp_path: Path, endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """200 messages, all rendered by the other process, arrive in order with the template's text; `status` says
+    where the slices were routed."""
     config = write(tmp_path, endpoint, "{% block text %}seen: {{ topic }} #{{ body.n }}{% endblock %}")
     async with running(config) as (daemon, publisher):
         await until_ready(daemon)
@@ -97,6 +101,11 @@ async def test_messages_are_matched_and_rendered_in_the_intake_process(tmp_path:
         assert [i.msg_id for i in items] == ids
         assert [i.rendered["text"] for i in items] == [f"seen: {BODHI} #{n}" for n in range(200)]
         assert daemon.router.routed_remote >= 1 and daemon.router.routed_local == 0
+        slices = daemon.router.routed_remote
+    assert main(["status", "-c", str(config)]) == 0
+    assert f"intake slices matched and rendered in intake processes: {slices}, on the daemon's own loop: 0" in (
+        capsys.readouterr().out
+    )
 
 
 async def test_what_the_process_logs_and_counts_reaches_the_daemon(

@@ -90,6 +90,12 @@ def render_text(
         lines.append(f"messages failing signature validation: {sum(refused.values())} ({detail})")
     if counters.get("refused.storage"):
         lines.append(f"messages refused while the storage failed: {counters['refused.storage']}")
+    if counters.get("intake.process"):
+        lines.append(
+            f"intake slices matched and rendered in intake processes: {counters['intake.process']},"
+            f" on the daemon's own loop: {counters.get('intake.loop', 0)}"
+            f" (digests rendered in intake processes: {counters.get('intake.digests_process', 0)})"
+        )
     lines.extend(render_fallbacks(counters))
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from fedmsg_notify.bus.signatures import Verifier
 from fedmsg_notify.bus.zeromq import Subscriber
 from fedmsg_notify.clock import Clock
 from fedmsg_notify.config.model import Config
+from fedmsg_notify.daemon.routing import RouteProcesses
 from fedmsg_notify.delivery.intake import Pipeline
 from fedmsg_notify.store.interface import Store
 
@@ -39,7 +40,9 @@ class Chores:
     _saved_malformed: Counter[str]
     _saved_refused: Counter[str]
     _saved_fallbacks: Counter[str]
+    _saved_intake: Counter[str]
     _fallback_engine: object
+    router: RouteProcesses
 
     def _free_space(self, reason: str) -> None:
         """Housekeeping on a storage fault: prune finished rows, which SQLite reuses for new ones."""
@@ -118,6 +121,13 @@ class Chores:
             self.store.add_counters({f"malformed.{reason}": n for reason, n in delta.items()})
             self._saved_malformed = current
             log.info("malformed messages dropped so far: %s", dict(current))
+        # Intake slices routed in the intake processes and on the loop, for `status`.
+        intake = Counter({"intake.process": self.router.routed_remote, "intake.loop": self.router.routed_local,
+                          "intake.digests_process": self.router.digests_remote})
+        delta = intake - self._saved_intake
+        if delta:
+            self.store.add_counters(dict(delta))
+            self._saved_intake = intake
         refused = Counter(self.verifier.rejected if self.verifier is not None else {})
         delta = refused - self._saved_refused
         if delta:

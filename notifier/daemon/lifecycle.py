@@ -113,6 +113,7 @@ class Daemon(BusIntake, Chores):
         self._saved_malformed: Counter[str] = Counter()
         self._saved_refused: Counter[str] = Counter()
         self._saved_fallbacks: Counter[str] = Counter()
+        self._saved_intake: Counter[str] = Counter()
         self._fallback_engine: object = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Intake pauses while the storage fails (disk full, read-only) and resumes by itself.
@@ -259,7 +260,7 @@ class Daemon(BusIntake, Chores):
         gc.unfreeze()  # the previous set may go now; the collector sees everything again
         if self.store is not None:  # running: the intake processes build the new set too (meanwhile, the loop routes)
             self.router.start(config)
-        self._save_counters()
+        self._save_counters_or_warn("at the reload")
         self.verifier, self._saved_refused = verifier, Counter()
         for worker in self.workers.values():
             worker.handles = self._handle
@@ -274,6 +275,13 @@ class Daemon(BusIntake, Chores):
         return True
 
     # -- internals -----------------------------------------------------------------------
+
+    def _save_counters_or_warn(self, when: str) -> None:
+        """The counters saved, unless the storage fails (full, read-only): they are only counts."""
+        try:
+            self._save_counters()
+        except Exception as exc:
+            log.warning("saving the counters %s failed: %s", when, exc)
 
     def _merge_fallbacks(self, counts: Fallbacks) -> None:
         engine = getattr(self.pipeline.meta, "__self__", None)
@@ -384,7 +392,7 @@ class Daemon(BusIntake, Chores):
                 await asyncio.wait(pending, timeout=1.0)
         if self.digest_thread is not None:
             await self.digest_thread.close()
-        self._save_counters()
+        self._save_counters_or_warn("at shutdown")
         if self.web is not None:
             await self.web.close()
         for handle in self.handles.values():
