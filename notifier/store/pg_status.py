@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 from fedmsg_notify.store.records import DestinationStatus
+from fedmsg_notify.store.shared import StatusRows
 
 Row = dict[str, Any]
 
@@ -32,10 +33,8 @@ class DaemonStatus:
 
 
 def destination_status(db: psycopg.Connection[Row]) -> list[DestinationStatus]:
-    found: dict[str, dict[str, Any]] = {}
-
-    def entry(dest: str, account: str) -> dict[str, Any]:
-        return found.setdefault(dest, {"destination": dest, "account": account})
+    status = StatusRows()
+    entry = status.entry
 
     for row in db.execute(
         "SELECT dest, MIN(account) AS account, COUNT(*) AS n, COUNT(*) FILTER (WHERE attempts > 0) AS retrying,"
@@ -64,19 +63,14 @@ def destination_status(db: psycopg.Connection[Row]) -> list[DestinationStatus]:
             (row["dest"],),
         ).fetchone()
         e["last_failure"] = reason["last_error"] if reason else None
-    for row in db.execute(
-        "SELECT dest, MIN(account) AS account, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every"
-        " FROM digest_entries WHERE flushed_into IS NULL GROUP BY dest"
-    ):
-        e = entry(row["dest"], row["account"])
-        e["digest_pending"] = int(row["n"])
-        e["next_digest"] = None if row["every"] is None else float(row["first"]) + float(row["every"])
-    for row in db.execute("SELECT dest, account, last_success, sent, coalesced FROM destinations"):
-        e = entry(row["dest"], row["account"])
-        e["last_success"] = row["last_success"]
-        e["sent"] = int(row["sent"])
-        e["coalesced"] = int(row["coalesced"])
-    return [DestinationStatus(**found[key]) for key in sorted(found)]
+    status.add_pending_digests(
+        db.execute(
+            "SELECT dest, MIN(account) AS account, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every"
+            " FROM digest_entries WHERE flushed_into IS NULL GROUP BY dest"
+        )
+    )
+    status.add_totals(db.execute("SELECT dest, account, last_success, sent, coalesced FROM destinations"))
+    return status.statuses()
 
 
 def cluster_status(db: psycopg.Connection[Row], now: float) -> list[DaemonStatus]:

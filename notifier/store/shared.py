@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedmsg_notify.backend import Destination, Item
 from fedmsg_notify.store.records import (
     MERGED_META_CAP,
+    DestinationStatus,
     DigestEntry,
     NewDelivery,
     NewDigestEntry,
@@ -322,3 +323,34 @@ def merged_meta(rows: Sequence[Any]) -> dict[str, Any]:
             if len(packages) < MERGED_META_CAP:
                 packages.setdefault(str(name), None)
     return {"services": sorted(services), "usernames": sorted(usernames), "packages": sorted(packages)}
+
+
+class StatusRows:
+    """The fields of each destination's :class:`DestinationStatus`, gathered from a store's status queries.
+
+    Each store asks in its own SQL; the rows they return are read here the same way.
+    """
+
+    def __init__(self) -> None:
+        self.found: dict[str, dict[str, Any]] = {}
+
+    def entry(self, dest: str, account: str) -> dict[str, Any]:
+        return self.found.setdefault(dest, {"destination": dest, "account": account})
+
+    def add_pending_digests(self, rows: Iterable[Any]) -> None:
+        """Rows of (dest, account, n, first, every): unflushed digest entries per destination."""
+        for row in rows:
+            e = self.entry(row["dest"], row["account"])
+            e["digest_pending"] = int(row["n"])
+            e["next_digest"] = None if row["every"] is None else float(row["first"]) + float(row["every"])
+
+    def add_totals(self, rows: Iterable[Any]) -> None:
+        """Rows of the destinations table: last success, sent and coalesced counts."""
+        for row in rows:
+            e = self.entry(row["dest"], row["account"])
+            e["last_success"] = row["last_success"]
+            e["sent"] = int(row["sent"])
+            e["coalesced"] = int(row["coalesced"])
+
+    def statuses(self) -> list[DestinationStatus]:
+        return [DestinationStatus(**self.found[key]) for key in sorted(self.found)]

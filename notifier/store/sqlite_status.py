@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 from fedmsg_notify.store.records import DestinationStatus
+from fedmsg_notify.store.shared import StatusRows
 
 
 def destination_status(db: sqlite3.Connection) -> list[DestinationStatus]:
     """Per destination: where every notification is. Read-only; safe while the daemon runs."""
-    found: dict[str, dict[str, Any]] = {}
-
-    def entry(dest: str, account: str) -> dict[str, Any]:
-        return found.setdefault(dest, {"destination": dest, "account": account})
+    status = StatusRows()
+    entry = status.entry
 
     for row in db.execute(
         "SELECT dest, account, SUM(attempts = 0) AS fresh, SUM(attempts > 0) AS retrying,"
@@ -43,16 +41,11 @@ def destination_status(db: sqlite3.Connection) -> list[DestinationStatus]:
             (row["dest"],),
         ).fetchone()
         e["last_failure"] = reason[0]
-    for row in db.execute(
-        "SELECT dest, account, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every FROM digest_entries"
-        " WHERE flushed_into IS NULL GROUP BY dest"
-    ):
-        e = entry(row["dest"], row["account"])
-        e["digest_pending"] = int(row["n"])
-        e["next_digest"] = None if row["every"] is None else float(row["first"]) + float(row["every"])
-    for row in db.execute("SELECT dest, account, last_success, sent, coalesced FROM destinations"):
-        e = entry(row["dest"], row["account"])
-        e["last_success"] = row["last_success"]
-        e["sent"] = int(row["sent"])
-        e["coalesced"] = int(row["coalesced"])
-    return [DestinationStatus(**found[key]) for key in sorted(found)]
+    status.add_pending_digests(
+        db.execute(
+            "SELECT dest, account, COUNT(*) AS n, MIN(created) AS first, MIN(every) AS every FROM digest_entries"
+            " WHERE flushed_into IS NULL GROUP BY dest"
+        )
+    )
+    status.add_totals(db.execute("SELECT dest, account, last_success, sent, coalesced FROM destinations"))
+    return status.statuses()
