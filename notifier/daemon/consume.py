@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 INTAKE_SLICE = 64
 # Messages routed and rendered between two yields to the event loop.
 ROUTE_SLICE = 8
-# Slices routed ahead of the one being committed (ZeroMQ intake).
+# Routed slices that may wait for their commit behind the one committing (AMQP: routing ahead of it).
 ROUTE_AHEAD = 2
 
 
