@@ -121,11 +121,12 @@ class Chores:
             self.store.add_counters({f"malformed.{reason}": n for reason, n in delta.items()})
             self._saved_malformed = current
             log.info("malformed messages dropped so far: %s", dict(current))
-        # Intake slices routed in the intake processes and on the loop, for `status`.
+        # Intake slices routed in the intake processes and on the loop, for `status` (which shows
+        # them only for a daemon that ever had intake processes: no writes for the others).
         intake = Counter({"intake.process": self.router.routed_remote, "intake.loop": self.router.routed_local,
                           "intake.digests_process": self.router.digests_remote})
         delta = intake - self._saved_intake
-        if delta:
+        if delta and self.router.starts:
             self.store.add_counters(dict(delta))
             self._saved_intake = intake
         refused = Counter(self.verifier.rejected if self.verifier is not None else {})
