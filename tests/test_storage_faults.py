@@ -241,6 +241,9 @@ async def test_a_read_only_remount_pauses_intake_and_nothing_accepted_is_lost(
             first = comments(3, 10)
             await send(publisher, first)
             await until(lambda: accepted_ids(state) == {e["msg_id"] for e in first}, 20, "three messages stored")
+            # Visible is not yet durable: the intake commit fsyncs the WAL after releasing the lock.
+            # The disk error comes after that fsync (accept has returned), as the test means it to.
+            await until(lambda: daemon.writer is not None and not daemon.writer._busy, 20, "the commit's fsync")
             # What a failing disk does: ext4 hits an error and the kernel makes it read-only.
             (Path("/sys/fs/ext4") / Path(device).name / "trigger_fs_error").write_text("test: disk error\n")
             n = 3
